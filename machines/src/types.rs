@@ -275,7 +275,7 @@ impl MachineEvent {
     }
 }
 
-/// How a machine's process ended, as reported in an `exit` event.
+/// Exit details of a machine's process, as reported in an `exit` event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExitEvent {
     #[serde(default)]
@@ -294,7 +294,7 @@ pub struct ExitEvent {
     /// RFC 3339 timestamp.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exited_at: Option<String>,
-    /// Why the process could not run, when it never started.
+    /// Reason the process could not run, when it never started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

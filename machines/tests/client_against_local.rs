@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use fly_machines::types::MachineState;
 use fly_machines::{
-    CreateMachineRequest, FlyClient, FlyClientConfig, ListMachinesQuery, LocalMachines,
+    CreateMachineRequest, Faults, FlyClient, FlyClientConfig, ListMachinesQuery, LocalMachines,
     LocalMachinesConfig, Machine, MachineConfig, MachineInit, MachineRestart, RateLimits,
     RestartPolicy, WaitOutcome, WaitState,
 };
@@ -18,7 +18,7 @@ const APP: &str = "transcoder-test";
 /// Upper bound for any single step; reaching it means the server or client hangs.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Limits far above what the tests send, so that only the rate limit tests wait.
+/// Limits far above the request rate of these tests, so that no call waits for a token.
 const GENEROUS_LIMITS: RateLimits = RateLimits {
     create_per_second: 1000,
     create_burst: 1000,
@@ -82,14 +82,19 @@ fn client_for(server: &LocalMachines, app: &str) -> Result<FlyClient> {
 }
 
 /// Awaits a client call with [`STEP_TIMEOUT`], naming the step when it hangs or fails.
-async fn step<T, E>(what: &str, call: impl std::future::Future<Output = Result<T, E>>) -> Result<T>
+async fn step<T, E>(
+    step_name: &str,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T>
 where
     E: std::error::Error + Send + Sync + 'static,
 {
     tokio::time::timeout(STEP_TIMEOUT, call)
         .await
-        .with_context(|| format!("{what} hung for {STEP_TIMEOUT:?}: the server never answered"))?
-        .with_context(|| format!("{what} failed"))
+        .with_context(|| {
+            format!("{step_name} hung for {STEP_TIMEOUT:?}: the server never responded")
+        })?
+        .with_context(|| format!("{step_name} failed"))
 }
 
 fn shell_machine(script: &str) -> CreateMachineRequest {
@@ -475,5 +480,135 @@ async fn shutdown_kills_machine_processes() -> Result<()> {
         !std::path::Path::new(&proc_path).exists(),
         "machine process {pid} survived shutdown"
     );
+    Ok(())
+}
+
+/// An injected 429 or 503 reaches the caller as a retryable error with its status.
+#[tokio::test]
+async fn injected_rate_limit_and_server_error_are_retryable() -> Result<()> {
+    let fixture = Fixture::start().await?;
+
+    fixture.server.set_faults(Faults {
+        rate_limit_every: 1,
+        ..Faults::default()
+    });
+    let error = fixture
+        .client
+        .list_machines()
+        .await
+        .expect_err("429 injected");
+    assert_eq!(error.status(), Some(429));
+    assert!(error.is_retryable());
+
+    fixture.server.set_faults(Faults {
+        server_error_every: 1,
+        ..Faults::default()
+    });
+    let error = fixture
+        .client
+        .list_machines()
+        .await
+        .expect_err("503 injected");
+    assert_eq!(error.status(), Some(503));
+    assert!(error.is_retryable());
+
+    fixture.server.set_faults(Faults::default());
+    let listed = step("list machines", fixture.client.list_machines()).await?;
+    assert!(listed.is_empty());
+    fixture.server.shutdown().await;
+    Ok(())
+}
+
+/// A create whose response is lost fails with a retryable error, yet the machine exists, and
+/// creating it again under the same name is rejected with 409.
+#[tokio::test]
+async fn lost_create_response_leaves_machine_behind() -> Result<()> {
+    let fixture = Fixture::start().await?;
+    fixture.server.set_faults(Faults {
+        lose_create_responses: 1,
+        ..Faults::default()
+    });
+    let mut request = with_metadata(shell_machine("sleep 30"), &[("job", "lost")]);
+    request.name = Some("lost-1".into());
+
+    let error = fixture
+        .client
+        .create_machine(&request)
+        .await
+        .expect_err("response lost");
+    assert!(error.is_retryable(), "{error}");
+
+    let query = ListMachinesQuery {
+        metadata: BTreeMap::from([("job".to_owned(), "lost".to_owned())]),
+        ..ListMachinesQuery::default()
+    };
+    let listed = step(
+        "list machines",
+        fixture.client.list_machines_matching(&query),
+    )
+    .await?;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name.as_deref(), Some("lost-1"));
+
+    let error = fixture
+        .client
+        .create_machine(&request)
+        .await
+        .expect_err("name taken");
+    assert_eq!(error.status(), Some(409));
+    fixture.server.shutdown().await;
+    Ok(())
+}
+
+/// Under on-failure with max_retries 2, a failing process runs three times, then stops.
+#[tokio::test]
+async fn on_failure_policy_restarts_then_stops() -> Result<()> {
+    let fixture = Fixture::start().await?;
+    let mut request = shell_machine("echo run; exit 1");
+    request.config.restart = Some(MachineRestart {
+        policy: Some(RestartPolicy::OnFailure),
+        max_retries: Some(2),
+    });
+
+    let machine = fixture.create(&request).await?;
+    let stopped = until_state(&fixture.client, &machine.id, MachineState::Stopped).await?;
+
+    let exits: Vec<_> = stopped
+        .events
+        .iter()
+        .filter_map(|event| event.exit_event())
+        .collect();
+    assert_eq!(exits.len(), 3);
+    assert_eq!(exits.iter().filter(|exit| exit.restarting).count(), 2);
+    assert!(!exits[0].restarting, "the newest exit ends the restarts");
+    assert_eq!(stopped.exit_event().map(|exit| exit.exit_code), Some(1));
+    let log = std::fs::read_to_string(fixture.log_dir.path().join(format!("{}.log", machine.id)))?;
+    assert_eq!(log, "run\nrun\nrun\n");
+    fixture.server.shutdown().await;
+    Ok(())
+}
+
+/// With a state change delay, a wait for started that is shorter than the delay times out.
+#[tokio::test]
+async fn slow_state_changes_delay_started() -> Result<()> {
+    let fixture = Fixture::start().await?;
+    fixture.server.set_faults(Faults {
+        state_change_delay: Duration::from_secs(3),
+        ..Faults::default()
+    });
+
+    let machine = fixture.create(&shell_machine("sleep 30")).await?;
+    let outcome = fixture
+        .wait(&machine, WaitState::Started, Duration::from_secs(1))
+        .await?;
+    assert_eq!(outcome, WaitOutcome::TimedOut);
+    let fetched = step("get machine", fixture.client.get_machine(&machine.id)).await?;
+    assert_ne!(fetched.state, MachineState::Started);
+
+    let outcome = fixture
+        .wait(&machine, WaitState::Started, Duration::from_secs(20))
+        .await?;
+    assert_eq!(outcome, WaitOutcome::Reached);
+    fixture.server.shutdown().await;
     Ok(())
 }

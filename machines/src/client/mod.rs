@@ -1,6 +1,6 @@
 //! `FlyClient`: calls the Fly Machines REST API for one app, within Fly's rate limits.
 //!
-//! Every call first takes a token from its action's bucket (see [`RateLimits`]). A 429 answer
+//! Every call first takes a token from its action's bucket (see [`RateLimits`]). A 429 response
 //! pauses all actions for its `Retry-After` time, so one throttled call slows the whole client
 //! instead of letting the others run into the same limit. The client does not retry: each error
 //! says through [`ClientError::is_retryable`] whether trying again may succeed.
@@ -21,13 +21,13 @@ use crate::types::{CreateMachineRequest, ErrorResponse, Machine, StopRequest};
 use throttle::Throttle;
 pub use throttle::{Action, RateLimits};
 
-/// Longest wait Fly accepts in one wait request.
+/// Maximum wait Fly accepts in one wait request.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// Time limit of every request other than wait.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Extra time a wait request gets beyond its own timeout, for the server to answer 408.
+/// Extra time a wait request gets beyond its own timeout, so the server's 408 can arrive.
 const WAIT_MARGIN: Duration = Duration::from_secs(10);
 
 /// Pause after a 429 that carries no usable `Retry-After`.
@@ -73,7 +73,7 @@ impl fmt::Display for WaitState {
     }
 }
 
-/// Result of a wait that the API answered.
+/// Result of a wait request that completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitOutcome {
     /// The machine reached the state.
@@ -390,7 +390,7 @@ impl FlyClient {
     }
 }
 
-/// What an API call is for, to name it in errors and logs.
+/// Action and target of an API call, named in errors and logs.
 struct Call {
     action: Action,
     target: String,
@@ -525,6 +525,38 @@ mod tests {
 
         assert!(matches!(error, ClientError::InvalidToken));
         assert!(!error.to_string().contains("secret"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limited_response_pauses_every_action() {
+        let client = FlyClient::new(FlyClientConfig {
+            base_url: "http://127.0.0.1:1/v1".into(),
+            app: "app".into(),
+            token: None,
+            limits: RateLimits::default(),
+        })
+        .expect("client");
+        let response = axum::http::Response::builder()
+            .status(429)
+            .header(RETRY_AFTER, "2")
+            .body(r#"{"error": "rate limit exceeded"}"#)
+            .expect("response");
+        let call = Call {
+            action: Action::Create,
+            target: "app app".into(),
+        };
+
+        let error = client
+            .check_status(&call, Response::from(response))
+            .await
+            .expect_err("429 is an error");
+        let start = tokio::time::Instant::now();
+        client.inner.throttle.until_ready(Action::Get).await;
+
+        assert_eq!(error.status(), Some(429));
+        assert!(error.is_retryable());
+        assert!(error.to_string().contains("rate limit exceeded"), "{error}");
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
     }
 
     #[test]

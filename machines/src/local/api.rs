@@ -19,16 +19,17 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use super::faults::{inject_request_faults, lost_response};
 use super::fleet::{event, now_rfc3339, FleetError, ListFilter, Progress};
 use super::lifecycle::{machine_argv, run_machine, MachinePlan, RestartRule};
-use super::process::{LaunchSpec, ProcessCommand};
+use super::process::{shutdown_requested, LaunchSpec, ProcessCommand};
 use super::{ids, Shared};
 use crate::types::{
     CreateMachineRequest, ErrorResponse, Machine, MachineConfig, MachineState, OkResponse,
     StopRequest,
 };
 
-/// Longest wait the wait endpoint allows, and its default, as on Fly.
+/// Maximum wait the wait endpoint allows, and its default, as on Fly.
 const MAX_WAIT_SECS: u64 = 60;
 
 /// Region of machines whose create request names none.
@@ -53,6 +54,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             axum::routing::post(stop),
         )
         .fallback(unknown_route)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            inject_request_faults,
+        ))
         .with_state(shared)
 }
 
@@ -116,7 +121,7 @@ async fn create(
     State(shared): State<Arc<Shared>>,
     Path(app): Path<String>,
     body: Bytes,
-) -> Result<Json<Machine>, ApiError> {
+) -> Result<Response, ApiError> {
     check_app(&shared, &app)?;
     let request: CreateMachineRequest = decode_body(&body, "create machine request")?;
     validate_create(&request)?;
@@ -130,7 +135,11 @@ async fn create(
     let fleet = Arc::clone(&shared.fleet);
     let shutdown = shared.shutdown.subscribe();
     shared.spawn_supervisor(run_machine(fleet, plan, commands, shutdown));
-    Ok(Json(machine))
+    if shared.faults.take_lost_create() {
+        debug!(machine = %machine.id, "losing create response as injected");
+        return Ok(lost_response());
+    }
+    Ok(Json(machine).into_response())
 }
 
 fn validate_create(request: &CreateMachineRequest) -> Result<(), ApiError> {
@@ -231,6 +240,7 @@ fn plan_for(shared: &Shared, machine: &Machine, config: &MachineConfig) -> Machi
         },
         restart: RestartRule::from_config(config.restart.as_ref()),
         auto_destroy: config.auto_destroy.unwrap_or(false),
+        state_change_delay: shared.faults.state_change_delay(),
     }
 }
 
@@ -311,7 +321,7 @@ fn parse_wait_state(value: &str) -> Result<MachineState, ApiError> {
     }
 }
 
-/// Whether `progress` satisfies a wait for `target`.
+/// Returns whether `progress` satisfies a wait for `target`.
 ///
 /// NOTE: `started` also counts as reached when the current instance started and has since
 /// exited, so a process that exits at once cannot make a wait for `started` time out.
@@ -352,7 +362,14 @@ async fn wait(
         let result = progress.wait_for(|p| reached(p, target)).await;
         result.is_ok()
     };
-    match tokio::time::timeout(query.timeout, reached_target).await {
+    let mut stopping = shared.shutdown.subscribe();
+    let outcome = tokio::select! {
+        outcome = tokio::time::timeout(query.timeout, reached_target) => outcome,
+        () = shutdown_requested(&mut stopping) => {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server shutting down"));
+        }
+    };
+    match outcome {
         Ok(true) => Ok(Json(OkResponse { ok: true })),
         // The machine was dropped from the table while waiting.
         Ok(false) => Err(FleetError::NotFound { id }.into()),
@@ -414,9 +431,9 @@ async fn destroy(
     Ok(Json(OkResponse { ok: true }))
 }
 
-fn decode_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+fn decode_body<T: DeserializeOwned>(body: &[u8], body_name: &str) -> Result<T, ApiError> {
     serde_json::from_slice(body)
-        .map_err(|error| ApiError::bad_request(format!("invalid {what} body: {error}")))
+        .map_err(|error| ApiError::bad_request(format!("invalid {body_name} body: {error}")))
 }
 
 /// Parses a boolean as Go's `strconv.ParseBool` does, and an empty value as false.

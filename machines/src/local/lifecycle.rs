@@ -1,4 +1,4 @@
-//! The life of one local machine: start its process, restart it as its restart policy says,
+//! The life of one local machine: start its process, restart it as its restart policy requires,
 //! and record every exit in the machine table.
 
 use std::ffi::OsString;
@@ -29,6 +29,8 @@ pub(crate) struct MachinePlan {
     pub launch: LaunchSpec,
     pub restart: RestartRule,
     pub auto_destroy: bool,
+    /// Injected pause before each state change; zero outside fault tests.
+    pub state_change_delay: Duration,
 }
 
 /// A machine's resolved restart policy.
@@ -78,6 +80,12 @@ impl MachinePlan {
         }
     }
 
+    async fn pause_before_state_change(&self) {
+        if !self.state_change_delay.is_zero() {
+            tokio::time::sleep(self.state_change_delay).await;
+        }
+    }
+
     fn after_stop(&self) -> AfterExit {
         if self.auto_destroy {
             AfterExit::Destroy
@@ -96,6 +104,7 @@ pub(crate) async fn run_machine(
 ) {
     let mut restarts = 0;
     loop {
+        plan.pause_before_state_change().await;
         if !fleet.transition(&plan.id, MachineState::Starting) {
             return;
         }
@@ -109,6 +118,7 @@ pub(crate) async fn run_machine(
             }
         };
         info!(machine = %plan.id, pid = running.pid(), restarts, "machine process started");
+        plan.pause_before_state_change().await;
         fleet.mark_started(&plan.id);
 
         let exit = match process::supervise(running, &mut commands, &mut shutdown).await {
@@ -117,9 +127,10 @@ pub(crate) async fn run_machine(
         };
         info!(machine = %plan.id, exit_code = exit.exit_code, signal = exit.signal, requested_stop = exit.requested_stop, "machine process exited");
 
+        plan.pause_before_state_change().await;
         let after = plan.after_exit(&exit, restarts);
-        let taken = fleet.record_exit(&plan.id, &exit_event(&exit), restarts, after);
-        if taken != AfterExit::Restart {
+        let applied = fleet.record_exit(&plan.id, &exit_event(&exit), restarts, after);
+        if applied != AfterExit::Restart {
             return;
         }
         restarts += 1;

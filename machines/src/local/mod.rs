@@ -8,6 +8,7 @@
 //! dropped.
 
 mod api;
+mod faults;
 mod fleet;
 mod ids;
 mod lifecycle;
@@ -24,6 +25,8 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{info, warn};
 
+use faults::FaultInjector;
+pub use faults::Faults;
 use fleet::Fleet;
 pub use fleet::DESTROYED_RETENTION;
 pub use lifecycle::WORKER_PROGRAM;
@@ -31,29 +34,13 @@ pub use lifecycle::WORKER_PROGRAM;
 /// Settings of a [`LocalMachines`] server.
 #[derive(Debug, Clone)]
 pub struct LocalMachinesConfig {
-    /// The one app name the server answers for; other names get 404 `app not found`.
+    /// The only app the server serves; requests for other app names get 404 `app not found`.
     pub app: String,
     /// Program that replaces a first command word of `transcoder-worker`, and runs as
     /// `worker_bin run` for machines without a command.
     pub worker_bin: PathBuf,
     /// Directory of the machines' output logs; created when missing.
     pub log_dir: PathBuf,
-}
-
-/// Failures the local server can be told to inject, to exercise a client's error handling.
-///
-/// TODO-correctness: these switches are stored but not acted on yet.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Faults {
-    /// Answer every n-th API request with 429 and `Retry-After: 1`; 0 turns it off.
-    pub rate_limit_every: u32,
-    /// Answer every n-th API request with 503; 0 turns it off.
-    pub server_error_every: u32,
-    /// Create the machine but answer this many create requests with 500, as if the response
-    /// was lost on the way.
-    pub lose_create_responses: u32,
-    /// Delay before each state change of a machine.
-    pub state_change_delay: Duration,
 }
 
 /// State shared by the HTTP handlers and the machine supervisors.
@@ -63,7 +50,7 @@ pub(crate) struct Shared {
     supervisors: Mutex<JoinSet<()>>,
     /// Set to true to make every supervisor kill its process and return.
     shutdown: watch::Sender<bool>,
-    faults: Mutex<Faults>,
+    faults: FaultInjector,
 }
 
 impl Shared {
@@ -86,6 +73,9 @@ impl Shared {
     }
 }
 
+/// Maximum time [`LocalMachines::shutdown`] lets open connections finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// A running local Machines API server.
 pub struct LocalMachines {
     shared: Arc<Shared>,
@@ -107,12 +97,16 @@ impl LocalMachines {
             fleet: Arc::new(Fleet::default()),
             supervisors: Mutex::new(JoinSet::new()),
             shutdown,
-            faults: Mutex::new(Faults::default()),
+            faults: FaultInjector::default(),
         });
 
         let router = api::router(Arc::clone(&shared));
+        let mut stopping = shared.shutdown.subscribe();
         let server = tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).await {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                process::shutdown_requested(&mut stopping).await
+            });
+            if let Err(error) = serve.await {
                 warn!(error = %error, "local machines server stopped serving");
             }
         });
@@ -136,27 +130,32 @@ impl LocalMachines {
 
     /// Replaces the faults the server injects.
     pub fn set_faults(&self, faults: Faults) {
-        *self
-            .shared
-            .faults
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = faults;
+        self.shared.faults.set(faults);
     }
 
     /// Stops serving, kills every machine process and waits until they are reaped.
-    pub async fn shutdown(self) {
-        self.server.abort();
+    ///
+    /// Pending waits end with 503, and open connections close once their current request has
+    /// its response, or after [`SHUTDOWN_GRACE`] at the latest.
+    pub async fn shutdown(mut self) {
         self.shared.shutdown.send_replace(true);
         let mut supervisors = self.shared.take_supervisors();
         while supervisors.join_next().await.is_some() {}
+
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server)
+            .await
+            .is_err()
+        {
+            warn!(address = %self.address, "local machines server connections outlived the grace period");
+            self.server.abort();
+        }
         info!(address = %self.address, "local machines server shut down");
     }
 }
 
 impl Drop for LocalMachines {
-    /// Stops serving and kills every machine process without waiting for them.
+    /// Starts a graceful stop of serving and kills every machine process, without waiting.
     fn drop(&mut self) {
-        self.server.abort();
         self.shared.shutdown.send_replace(true);
         // Aborting drops each supervisor's process handle, which SIGKILLs its process group.
         self.shared.take_supervisors().abort_all();
