@@ -176,6 +176,8 @@ pub struct FlyClient {
 
 struct ClientInner {
     http: reqwest::Client,
+    /// `Bearer {token}`, marked sensitive so that it is left out of debug output.
+    authorization: Option<HeaderValue>,
     base_url: Url,
     app: String,
     throttle: Throttle,
@@ -200,15 +202,16 @@ impl FlyClient {
                 field: zero.field,
             })?;
 
-        let mut headers = HeaderMap::new();
-        if let Some(token) = &config.token {
-            let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| ClientError::InvalidToken)?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
-        }
+        let authorization = match &config.token {
+            Some(token) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| ClientError::InvalidToken)?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
         let http = reqwest::Client::builder()
-            .default_headers(headers)
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(10))
             .build()
@@ -217,6 +220,7 @@ impl FlyClient {
         Ok(FlyClient {
             inner: Arc::new(ClientInner {
                 http,
+                authorization,
                 base_url,
                 app: config.app,
                 throttle,
@@ -342,7 +346,10 @@ impl FlyClient {
             Some(id) => format!("machine {id} in app {}", self.inner.app),
             None => format!("app {}", self.inner.app),
         };
-        let builder = self.inner.http.request(method, url);
+        let mut builder = self.inner.http.request(method, url);
+        if let Some(authorization) = &self.inner.authorization {
+            builder = builder.header(AUTHORIZATION, authorization.clone());
+        }
         (Call { action, target }, builder)
     }
 
@@ -557,6 +564,28 @@ mod tests {
         assert!(error.is_retryable());
         assert!(error.to_string().contains("rate limit exceeded"), "{error}");
         assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn token_goes_out_as_sensitive_bearer_header() {
+        let client = FlyClient::new(FlyClientConfig {
+            base_url: "http://127.0.0.1:1/v1".into(),
+            app: "app".into(),
+            token: Some("fo1_secret".into()),
+            limits: RateLimits::default(),
+        })
+        .expect("client");
+
+        let (_, builder) = client.call(Action::Get, Some("abc"), Method::GET, &[]);
+        let request = builder.build().expect("request");
+        let header = request
+            .headers()
+            .get(AUTHORIZATION)
+            .expect("authorization header");
+
+        assert_eq!(header.to_str().expect("ascii"), "Bearer fo1_secret");
+        assert!(header.is_sensitive());
+        assert!(!format!("{client:?}").contains("fo1_secret"));
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub(crate) enum ProcessError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ProcessExit {
     /// Exit code, or 128 + signal number when a signal ended the process, as shells report it.
+    ///
+    /// NOTE: what Fly reports as `exit_code` for a process ended by a signal is not verified;
+    /// read `signal` to tell signal deaths apart.
     pub exit_code: i32,
     /// Signal number that ended the process, or -1.
     pub signal: i32,
@@ -311,21 +314,28 @@ mod tests {
     #[tokio::test]
     async fn ignored_stop_signal_escalates_to_kill() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let process = spawn(&shell("trap '' TERM; sleep 30 & wait", &dir)).expect("spawn");
+        let spec = shell("trap '' TERM; echo ready; sleep 30 & wait", &dir);
+        let process = spawn(&spec).expect("spawn");
         let (commands, mut receiver) = mpsc::unbounded_channel();
         let (_shutdown, mut watcher) = watch::channel(false);
+        let supervisor =
+            tokio::spawn(async move { supervise(process, &mut receiver, &mut watcher).await });
 
+        // The signal must not arrive before the shell has set its trap.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::read_to_string(&spec.log_path).unwrap_or_default() != "ready\n" {
+            assert!(Instant::now() < deadline, "the shell never set its trap");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let stop = ProcessCommand::Stop {
             signal: Signal::SIGTERM,
             timeout: Duration::from_millis(200),
         };
         commands.send(stop).expect("supervisor listening");
-        let outcome = tokio::time::timeout(
-            Duration::from_secs(20),
-            supervise(process, &mut receiver, &mut watcher),
-        )
-        .await
-        .expect("the stop timeout should lead to SIGKILL");
+        let outcome = tokio::time::timeout(Duration::from_secs(20), supervisor)
+            .await
+            .expect("the stop timeout should lead to SIGKILL")
+            .expect("supervisor task");
 
         assert_eq!(
             outcome,
