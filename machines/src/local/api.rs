@@ -123,6 +123,12 @@ async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check_app(&shared, &app)?;
+    if *shared.shutdown.borrow() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server shutting down",
+        ));
+    }
     let request: CreateMachineRequest = decode_body(&body, "create machine request")?;
     validate_create(&request)?;
 

@@ -4,8 +4,9 @@
 //! It serves create, list, get, wait, stop and destroy for one app under `/v1`. A machine's
 //! command comes from `config.init` (see [`LocalMachinesConfig::worker_bin`]), its environment
 //! is `config.env` plus the `FLY_*` variables Fly sets, and its output goes to
-//! `{log_dir}/{machine_id}.log`. Every child process is killed when the server shuts down or is
-//! dropped.
+//! `{log_dir}/{machine_id}.log`. Destroyed machines leave the list but can be fetched by id for
+//! [`DESTROYED_RETENTION`]. [`Faults`] make the server fail on purpose. Every child process is
+//! killed when the server shuts down or is dropped.
 
 mod api;
 mod faults;
@@ -136,7 +137,7 @@ impl LocalMachines {
     /// Stops serving, kills every machine process and waits until they are reaped.
     ///
     /// Pending waits end with 503, and open connections close once their current request has
-    /// its response, or after [`SHUTDOWN_GRACE`] at the latest.
+    /// its response, or after 5 seconds at the latest.
     pub async fn shutdown(mut self) {
         self.shared.shutdown.send_replace(true);
         let mut supervisors = self.shared.take_supervisors();
