@@ -2,8 +2,8 @@
 //!
 //! Every call first takes a token from its action's bucket (see [`RateLimits`]). A 429 response
 //! pauses all actions for its `Retry-After` time, so one throttled call slows the whole client
-//! instead of letting the others run into the same limit. The client does not retry: each error
-//! says through [`ClientError::is_retryable`] whether trying again may succeed.
+//! instead of letting the others run into the same limit. The client does not retry, and
+//! [`ClientError::is_retryable`] tells the caller whether trying again may succeed.
 
 mod throttle;
 
@@ -153,7 +153,7 @@ impl ClientError {
         }
     }
 
-    /// True when the API answered 404: the app or machine does not exist (any longer).
+    /// True when the API returned 404: the app or machine does not exist (any longer).
     pub fn is_not_found(&self) -> bool {
         self.status() == Some(404)
     }

@@ -1,8 +1,8 @@
 //! The child process behind a local machine: spawning it, delivering stop requests, and
 //! reporting how it ended.
 //!
-//! Each process leads its own process group, standing in for the machine's VM: a stop signal
-//! goes to the main process only, as Fly's init forwards it, while a kill, a stop timeout, the
+//! Each process leads its own process group, which stands in for the machine's VM. A stop
+//! signal goes to the main process only, as Fly's init forwards it. A kill, a stop timeout, the
 //! main process's exit, server shutdown or a dropped supervisor SIGKILLs the whole group.
 
 use std::ffi::OsString;
@@ -29,7 +29,7 @@ pub(crate) enum ProcessCommand {
     Kill,
 }
 
-/// What to run for a machine.
+/// Command line, environment and log file of a machine's process.
 #[derive(Debug, Clone)]
 pub(crate) struct LaunchSpec {
     pub argv: Vec<OsString>,
@@ -60,7 +60,7 @@ pub(crate) enum ProcessError {
     },
 }
 
-/// How a machine's process ended.
+/// Exit details of a machine's process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ProcessExit {
     /// Exit code, or 128 + signal number when a signal ended the process, as shells report it.
