@@ -1,0 +1,456 @@
+//! The controller's HTTP API: jobs for users, assignments and callbacks for workers.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use protocol::{Assignment, Callback, OutputFormat, PresignedRequest};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::objectstore::{expiry_time, ObjectStore, ObjectStoreError, ObjectUrl};
+use crate::selector::LabelSelector;
+use crate::sources::SourceLocator;
+use crate::spec::{self, FieldError, SpecError, TranscodeJob};
+use crate::status::{OutputStatus, Phase};
+use crate::store::{ApplyOutcome, AttemptOutcome, JobStore, StoreError, StoredJob};
+
+/// Largest spec or callback body accepted.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Lifetime of presigned URLs handed to users and workers.
+const PRESIGN_TTL: Duration = Duration::from_secs(12 * 60 * 60);
+/// Lifetime of the download URL shown in a job's status; it is made anew on every read.
+const DOWNLOAD_TTL: Duration = Duration::from_secs(60 * 60);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: JobStore,
+    pub objects: ObjectStore,
+    pub sources: SourceLocator,
+}
+
+impl AppState {
+    pub fn new(store: JobStore, objects: ObjectStore) -> Self {
+        let sources = SourceLocator::new(objects.default_bucket());
+        Self {
+            store,
+            objects,
+            sources,
+        }
+    }
+}
+
+/// Errors of API requests, each mapped to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidSpec(SpecError),
+    #[error("job {0:?} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("missing or invalid worker token for job {0:?}")]
+    Unauthorized(String),
+    #[error("job store failed")]
+    Store(#[from] StoreError),
+    #[error("object store failed")]
+    Objects(#[from] ObjectStoreError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, details) = match &self {
+            ApiError::InvalidSpec(err) => (StatusCode::UNPROCESSABLE_ENTITY, err.errors.clone()),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, Vec::new()),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, Vec::new()),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, Vec::new()),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, Vec::new()),
+            ApiError::Store(StoreError::NotFound(_)) => (StatusCode::NOT_FOUND, Vec::new()),
+            ApiError::Store(_) | ApiError::Objects(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, Vec::new())
+            }
+        };
+        if status.is_server_error() {
+            let cause = std::error::Error::source(&self).map(ToString::to_string);
+            tracing::error!(error = %self, cause = cause.as_deref().unwrap_or(""), "request failed");
+        }
+        (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+                details,
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// JSON body of every error response.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<FieldError>,
+}
+
+/// Builds the API router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/jobs", get(list_jobs))
+        .route(
+            "/v1/jobs/{name}",
+            put(apply_job).get(get_job).delete(delete_job),
+        )
+        .route("/v1/jobs/{name}/upload-url", post(upload_url))
+        .route("/v1/jobs/{name}/assignment", get(assignment))
+        .route("/v1/jobs/{name}/callbacks", post(callback))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Result of `PUT /v1/jobs/{name}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    pub outcome: ApplyOutcome,
+    pub job: TranscodeJob,
+}
+
+async fn apply_job(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: String,
+) -> Result<Response, ApiError> {
+    let job = spec::parse(&body).map_err(ApiError::InvalidSpec)?;
+    if job.metadata.name != name {
+        let message = format!(
+            "name {:?} does not match the URL's job name {name:?}",
+            job.metadata.name
+        );
+        return Err(ApiError::InvalidSpec(SpecError {
+            errors: vec![FieldError {
+                field: "metadata.name".into(),
+                message,
+            }],
+        }));
+    }
+
+    let (stored, outcome) = state.store.apply(job).await?;
+    tracing::info!(job = %name, ?outcome, generation = stored.generation(), "job applied");
+
+    let status = if outcome == ApplyOutcome::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let job = render(&state, stored).await;
+    Ok((status, Json(ApplyResponse { outcome, job })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListQuery {
+    label_selector: Option<String>,
+    phase: Option<String>,
+}
+
+/// Body of `GET /v1/jobs`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JobList {
+    pub items: Vec<TranscodeJob>,
+}
+
+async fn list_jobs(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<JobList>, ApiError> {
+    let selector = query
+        .label_selector
+        .as_deref()
+        .map(LabelSelector::parse)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
+    let phase = query
+        .phase
+        .as_deref()
+        .map(str::parse::<Phase>)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
+
+    let mut items = Vec::new();
+    for stored in state.store.list()? {
+        let labels = &stored.job.metadata.labels;
+        if selector
+            .as_ref()
+            .is_some_and(|selector| !selector.matches(labels))
+        {
+            continue;
+        }
+        if phase.is_some_and(|phase| stored.job.status.phase != phase) {
+            continue;
+        }
+        items.push(render(&state, stored).await);
+    }
+    Ok(Json(JobList { items }))
+}
+
+async fn get_job(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<TranscodeJob>, ApiError> {
+    let stored = state.store.get(&name)?.ok_or(ApiError::NotFound(name))?;
+    Ok(Json(render(&state, stored).await))
+}
+
+async fn delete_job(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !state.store.remove(&name).await? {
+        return Err(ApiError::NotFound(name));
+    }
+    tracing::info!(job = %name, "job deleted");
+    Ok(Json(json!({ "deleted": name })))
+}
+
+/// Body of `POST /v1/jobs/{name}/upload-url`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadUrl {
+    pub url: String,
+    pub method: String,
+    pub headers: BTreeMap<String, String>,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+async fn upload_url(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<UploadUrl>, ApiError> {
+    let stored = state
+        .store
+        .get(&name)?
+        .ok_or_else(|| ApiError::NotFound(name.clone()))?;
+    if !stored.job.spec.source.upload {
+        return Err(ApiError::Conflict(format!("job {name:?} reads its source from a URL; upload URLs exist only for spec.source.upload: true")));
+    }
+
+    let object = state.sources.upload_object(&stored);
+    let request = state
+        .objects
+        .presign_put(&object, None, PRESIGN_TTL)
+        .await?;
+    Ok(Json(UploadUrl {
+        url: request.url,
+        method: request.method,
+        headers: request.headers,
+        expires_at: expiry_time(PRESIGN_TTL),
+    }))
+}
+
+async fn assignment(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Assignment>, ApiError> {
+    let stored = authorize_worker(&state, &name, &headers)?;
+    let attempt = stored
+        .attempt
+        .as_ref()
+        .map(|attempt| attempt.number)
+        .unwrap_or_default();
+
+    let source = match state.sources.stored_source(&stored) {
+        Some(object) => state.objects.presign_get(&object, PRESIGN_TTL).await?,
+        None => {
+            let url = stored.job.spec.source.url.clone().unwrap_or_default();
+            PresignedRequest {
+                url,
+                method: "GET".to_owned(),
+                headers: BTreeMap::new(),
+            }
+        }
+    };
+    let output_object = state.sources.output_object(&stored);
+    let output = state
+        .objects
+        .presign_put(&output_object, Some("audio/mpeg"), PRESIGN_TTL)
+        .await?;
+
+    let spec = &stored.job.spec.output;
+    let bitrate_kbps = if spec.vbr_quality.is_none() {
+        Some(spec.bitrate_kbps.unwrap_or(spec::DEFAULT_BITRATE_KBPS))
+    } else {
+        None
+    };
+    let format = OutputFormat {
+        bitrate_kbps,
+        vbr_quality: spec.vbr_quality,
+        sample_rate_hz: spec.sample_rate_hz,
+        channels: spec.channels,
+    };
+    tracing::info!(job = %name, attempt, "assignment handed out");
+    Ok(Json(Assignment {
+        job: name,
+        attempt,
+        source,
+        output,
+        format,
+    }))
+}
+
+async fn callback(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Json(callback): Json<Callback>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let stored = authorize_worker(&state, &name, &headers)?;
+    let number = stored
+        .attempt
+        .as_ref()
+        .map(|attempt| attempt.number)
+        .unwrap_or_default();
+    let output_url = state.sources.output_object(&stored).to_string();
+
+    if let Callback::Progress { fraction } = &callback {
+        if !fraction.is_finite() {
+            return Err(ApiError::BadRequest(format!(
+                "invalid progress {fraction}; expected a number from 0 to 1"
+            )));
+        }
+    }
+
+    state
+        .store
+        .update_and_notify(&name, |job| {
+            apply_callback(job, number, &callback, &output_url)
+        })
+        .await?;
+    tracing::debug!(job = %name, attempt = number, "worker callback recorded");
+    Ok(Json(json!({ "ok": true })))
+}
+
+/// Records a worker's report on the attempt it came from; reports about an attempt that is no
+/// longer current change nothing.
+fn apply_callback(job: &mut StoredJob, number: u32, callback: &Callback, output_url: &str) -> bool {
+    let Some(attempt) = job
+        .attempt
+        .as_mut()
+        .filter(|attempt| attempt.number == number && attempt.outcome.is_none())
+    else {
+        return false;
+    };
+    match callback {
+        Callback::Progress { fraction } => {
+            job.job.status.progress = fraction.clamp(0.0, 1.0);
+        }
+        Callback::Succeeded(result) => {
+            attempt.outcome = Some(AttemptOutcome::Succeeded);
+            job.job.status.output = Some(OutputStatus {
+                url: output_url.to_owned(),
+                download_url: None,
+                bytes: result.bytes,
+                duration_seconds: result.duration_seconds,
+                sha256: result.sha256.clone(),
+                sample_rate_hz: result.sample_rate_hz,
+                channels: result.channels,
+                bitrate_kbps: result.bitrate_kbps,
+                vbr_quality: result.vbr_quality,
+                notes: result.notes.clone(),
+            });
+        }
+        Callback::Failed {
+            reason,
+            message,
+            permanent,
+        } => {
+            attempt.outcome = Some(AttemptOutcome::Failed {
+                reason: reason.clone(),
+                message: message.clone(),
+                permanent: *permanent,
+            });
+        }
+    }
+    true
+}
+
+/// Checks the bearer token against the job's current attempt.
+fn authorize_worker(
+    state: &AppState,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<StoredJob, ApiError> {
+    let unauthorized = || ApiError::Unauthorized(name.to_owned());
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .ok_or_else(unauthorized)?;
+
+    let stored = state.store.get(name)?.ok_or_else(unauthorized)?;
+    let expected = stored
+        .attempt
+        .as_ref()
+        .map(|attempt| attempt.token.as_str())
+        .ok_or_else(unauthorized)?;
+    if !constant_time_eq(token.as_bytes(), expected.as_bytes()) {
+        return Err(unauthorized());
+    }
+    Ok(stored)
+}
+
+fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
+    left.len() == right.len()
+        && left
+            .iter()
+            .zip(right)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Prepares a stored job for a response: a fresh download URL for its output.
+async fn render(state: &AppState, stored: StoredJob) -> TranscodeJob {
+    let mut job = stored.job;
+    if let Some(output) = job.status.output.as_mut() {
+        if let Ok(object) = ObjectUrl::parse(&output.url) {
+            match state.objects.presign_get(&object, DOWNLOAD_TTL).await {
+                Ok(request) => output.download_url = Some(request.url),
+                Err(err) => {
+                    tracing::warn!(job = %job.metadata.name, error = %err, "failed to presign the download URL")
+                }
+            }
+        }
+    }
+    job
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<String, ApiError> {
+    let jobs = state.store.list()?;
+    let mut text =
+        String::from("# HELP transcoder_jobs Jobs by phase.\n# TYPE transcoder_jobs gauge\n");
+    for phase in [
+        Phase::Pending,
+        Phase::Running,
+        Phase::Succeeded,
+        Phase::Failed,
+    ] {
+        let count = jobs
+            .iter()
+            .filter(|job| job.job.status.phase == phase)
+            .count();
+        text.push_str(&format!(
+            "transcoder_jobs{{phase=\"{}\"}} {count}\n",
+            phase.as_str()
+        ));
+    }
+    Ok(text)
+}

@@ -1,0 +1,15 @@
+//! The transcoder controller: job specs, their store, the reconciler that runs them on Fly
+//! Machines, the HTTP API, and the all-in-one local system.
+
+pub mod api;
+pub mod client;
+pub mod local;
+pub mod machine_template;
+pub mod objectstore;
+pub mod queue;
+pub mod reconciler;
+pub mod selector;
+pub mod sources;
+pub mod spec;
+pub mod status;
+pub mod store;

@@ -1,0 +1,988 @@
+//! `JobReconciler`: makes the Fly Machines of each job match what its spec and status call for.
+//!
+//! Design:
+//! - A pass over one job is triggered by a change from a user or a worker (the store's change
+//!   feed), by its own earlier request to look again after a delay, or by the periodic resync,
+//!   which queues every job and also sweeps machines that belong to no live attempt.
+//! - A pass is idempotent and level-triggered: it reads the job and its machine as they are
+//!   now, decides, acts, and returns when to look again. It never sleeps; the next pass is the
+//!   retry, and [`retry_delay`] maps every error to its delay.
+//! - Before a machine is created, the attempt (number, generation, token, machine name) is
+//!   written to the store. A restarted controller that finds an attempt without a machine id
+//!   looks the machine up by its metadata before creating it, so one attempt never gets two
+//!   machines.
+//! - A job's phase follows from its attempts: the worker's callback records the outcome, the
+//!   machine's exit code stands in when no callback arrived, and failed attempts are retried
+//!   with exponential backoff up to `backoffLimit`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use fly_machines::client::{ClientError, FlyClient};
+use fly_machines::types::{Machine, MachineState};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::machine_template::{machine_name, AttemptRef, MachineTemplate};
+use crate::objectstore::{random_hex, ObjectStore, ObjectStoreError};
+use crate::queue::JobQueue;
+use crate::sources::SourceLocator;
+use crate::status::Phase;
+use crate::store::{AttemptOutcome, AttemptRecord, JobStore, StoreError, StoredJob};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("failed to read or write job {0}")]
+    Store(String, #[source] StoreError),
+    #[error("failed to check the source of job {0}")]
+    CheckSource(String, #[source] ObjectStoreError),
+    #[error("failed to create machine {machine} for job {job}")]
+    CreateMachine {
+        job: String,
+        machine: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("failed to read machine {machine} of job {job}")]
+    GetMachine {
+        job: String,
+        machine: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("failed to list machines")]
+    ListMachines(#[source] ClientError),
+    #[error("failed to destroy machine {machine} of job {job}")]
+    DestroyMachine {
+        job: String,
+        machine: String,
+        #[source]
+        source: ClientError,
+    },
+}
+
+impl ReconcileError {
+    fn client_error(&self) -> Option<&ClientError> {
+        match self {
+            ReconcileError::CreateMachine { source, .. }
+            | ReconcileError::GetMachine { source, .. }
+            | ReconcileError::DestroyMachine { source, .. }
+            | ReconcileError::ListMachines(source) => Some(source),
+            ReconcileError::Store(..) | ReconcileError::CheckSource(..) => None,
+        }
+    }
+}
+
+/// When to look at a job again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Look again after this delay.
+    Requeue(Duration),
+    /// Nothing to do until something changes.
+    AwaitChange,
+}
+
+/// Maps an error to the delay before the next pass: rate limiting and server errors back off
+/// longer than a plain network error.
+pub fn retry_delay(error: &ReconcileError) -> Duration {
+    match error.client_error().and_then(ClientError::status) {
+        Some(429) => Duration::from_secs(10),
+        Some(status) if status >= 500 => Duration::from_secs(5),
+        Some(_) => Duration::from_secs(15),
+        None => Duration::from_secs(3),
+    }
+}
+
+/// Tunables of the reconciler.
+#[derive(Debug, Clone)]
+pub struct ReconcilerSettings {
+    /// How often running machines are checked when no callback arrives.
+    pub poll_interval: Duration,
+    /// How often every job is queued and stray machines are swept.
+    pub resync_interval: Duration,
+    /// Delay before the second attempt; it doubles for each later one.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Live machines allowed at once across all jobs.
+    pub max_concurrent_machines: usize,
+    /// Passes running at once.
+    pub max_parallel_reconciles: usize,
+    /// How long a machine may be missing from the API before its attempt counts as lost.
+    pub machine_grace: Duration,
+}
+
+impl Default for ReconcilerSettings {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(5),
+            resync_interval: Duration::from_secs(60),
+            backoff_base: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(300),
+            max_concurrent_machines: 20,
+            max_parallel_reconciles: 8,
+            machine_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters of one resync sweep, logged once at info.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub jobs_queued: usize,
+    pub machines_seen: usize,
+    pub orphans_destroyed: usize,
+    pub errors: usize,
+}
+
+pub struct JobReconciler {
+    store: JobStore,
+    fly: FlyClient,
+    objects: ObjectStore,
+    sources: SourceLocator,
+    template: MachineTemplate,
+    settings: ReconcilerSettings,
+}
+
+impl JobReconciler {
+    pub fn new(
+        store: JobStore,
+        fly: FlyClient,
+        objects: ObjectStore,
+        template: MachineTemplate,
+        settings: ReconcilerSettings,
+    ) -> Arc<Self> {
+        let sources = SourceLocator::new(objects.default_bucket());
+        Arc::new(Self {
+            store,
+            fly,
+            objects,
+            sources,
+            template,
+            settings,
+        })
+    }
+
+    /// Runs until `shutdown` is cancelled, then lets the passes in flight finish.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut changes = self.store.subscribe();
+        let mut queue = JobQueue::new();
+        let mut passes: JoinSet<(String, Action)> = JoinSet::new();
+        let mut in_flight: HashSet<String> = HashSet::new();
+        let mut dirty: HashSet<String> = HashSet::new();
+        let mut resync = tokio::time::interval(self.settings.resync_interval);
+        tracing::info!("reconciler started");
+
+        loop {
+            let has_room = in_flight.len() < self.settings.max_parallel_reconciles;
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                change = changes.recv() => match change {
+                    Ok(name) => queue.schedule(&name, Duration::ZERO),
+                    // Missed changes are picked up by queueing everything now.
+                    Err(_) => {
+                        self.queue_all(&mut queue);
+                    }
+                },
+                _ = resync.tick() => {
+                    let report = self.sweep(&mut queue).await;
+                    tracing::info!(?report, "resync finished");
+                }
+                Some(name) = queue.next(), if has_room => {
+                    if !in_flight.insert(name.clone()) {
+                        dirty.insert(name);
+                        continue;
+                    }
+                    let reconciler = Arc::clone(&self);
+                    passes.spawn(async move {
+                        let action = reconciler.reconcile_logged(&name).await;
+                        (name, action)
+                    });
+                }
+                Some(finished) = passes.join_next() => {
+                    let Ok((name, action)) = finished else { continue };
+                    in_flight.remove(&name);
+                    if dirty.remove(&name) {
+                        queue.schedule(&name, Duration::ZERO);
+                    } else if let Action::Requeue(delay) = action {
+                        queue.schedule(&name, delay);
+                    }
+                }
+            }
+        }
+
+        while passes.join_next().await.is_some() {}
+        tracing::info!("reconciler stopped");
+    }
+
+    fn queue_all(&self, queue: &mut JobQueue) -> usize {
+        match self.store.list() {
+            Ok(jobs) => {
+                jobs.iter()
+                    .for_each(|job| queue.schedule(job.name(), Duration::ZERO));
+                jobs.len()
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "failed to list jobs for resync");
+                0
+            }
+        }
+    }
+
+    /// Queues every job and destroys machines whose metadata names no live attempt.
+    pub async fn sweep(&self, queue: &mut JobQueue) -> SweepReport {
+        let mut report = SweepReport {
+            jobs_queued: self.queue_all(queue),
+            ..Default::default()
+        };
+
+        let machines = match self.fly.list_machines().await {
+            Ok(machines) => machines,
+            Err(err) => {
+                tracing::warn!(error = %err, "failed to list machines for resync");
+                report.errors += 1;
+                return report;
+            }
+        };
+        report.machines_seen = machines.len();
+
+        for machine in machines {
+            let Some(owner) = AttemptRef::of(&machine) else {
+                continue;
+            };
+            if is_gone(machine.state) || self.is_live_attempt(&owner) {
+                continue;
+            }
+            match self.destroy(&owner.job, &machine.id).await {
+                Ok(()) => report.orphans_destroyed += 1,
+                Err(err) => {
+                    tracing::warn!(job = %owner.job, machine = %machine.id, error = %err, "failed to destroy orphan machine");
+                    report.errors += 1;
+                }
+            }
+        }
+        report
+    }
+
+    fn is_live_attempt(&self, owner: &AttemptRef) -> bool {
+        let Ok(Some(job)) = self.store.get(&owner.job) else {
+            return false;
+        };
+        job.attempt.as_ref().is_some_and(|attempt| {
+            owner.matches(&job, attempt) && !job.job.status.phase.is_finished()
+        })
+    }
+
+    async fn reconcile_logged(&self, name: &str) -> Action {
+        let span = tracing::info_span!("reconcile", job = %name);
+        async {
+            match self.reconcile(name).await {
+                Ok(action) => {
+                    self.record_error(name, None).await;
+                    action
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, cause = ?std::error::Error::source(&err).map(ToString::to_string), "reconcile failed");
+                    self.record_error(name, Some(error_chain(&err))).await;
+                    Action::Requeue(retry_delay(&err))
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn record_error(&self, name: &str, error: Option<String>) {
+        let result = self
+            .store
+            .update(name, |job| {
+                job.job.status.last_reconcile_error = error.clone();
+                true
+            })
+            .await;
+        if let Err(err) = result {
+            if !matches!(err, StoreError::NotFound(_)) {
+                tracing::warn!(error = %err, "failed to record the reconcile error");
+            }
+        }
+    }
+
+    /// One pass over one job.
+    pub async fn reconcile(&self, name: &str) -> Result<Action, ReconcileError> {
+        let store_error = |err| ReconcileError::Store(name.to_owned(), err);
+        let Some(job) = self.store.get(name).map_err(store_error)? else {
+            return self.clean_up_deleted(name).await;
+        };
+
+        if job.job.status.phase.is_finished() {
+            return self.finish(job).await;
+        }
+        if job
+            .attempt
+            .as_ref()
+            .is_some_and(|attempt| attempt.generation != job.generation())
+        {
+            return self.start_new_generation(job).await;
+        }
+        if job.job.spec.suspend {
+            return self.suspend(job).await;
+        }
+        if let Some(action) = self.enforce_deadline(&job).await? {
+            return Ok(action);
+        }
+
+        match job.attempt.clone() {
+            Some(attempt) => self.follow_attempt(job, attempt).await,
+            None => self.start_attempt(job).await,
+        }
+    }
+
+    /// A deleted job's machines are destroyed; the resync sweep catches any this pass misses.
+    async fn clean_up_deleted(&self, name: &str) -> Result<Action, ReconcileError> {
+        let machines = self
+            .fly
+            .list_machines()
+            .await
+            .map_err(ReconcileError::ListMachines)?;
+        for machine in machines {
+            let owned = AttemptRef::of(&machine).is_some_and(|owner| owner.job == name);
+            if owned && !is_gone(machine.state) {
+                self.destroy(name, &machine.id).await?;
+            }
+        }
+        Ok(Action::AwaitChange)
+    }
+
+    async fn finish(&self, job: StoredJob) -> Result<Action, ReconcileError> {
+        self.destroy_attempt_machine(&job).await?;
+
+        let (Some(ttl), Some(done)) = (
+            job.job.spec.ttl_seconds_after_finished,
+            job.job.status.completion_time,
+        ) else {
+            return Ok(Action::AwaitChange);
+        };
+        let expires = done + chrono::Duration::seconds(ttl.min(i64::MAX as u64) as i64);
+        let remaining = (expires - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        if remaining > Duration::ZERO {
+            return Ok(Action::Requeue(remaining));
+        }
+
+        tracing::info!("deleting finished job after its ttl");
+        self.store
+            .remove(job.name())
+            .await
+            .map_err(|err| ReconcileError::Store(job.name().to_owned(), err))?;
+        Ok(Action::AwaitChange)
+    }
+
+    async fn start_new_generation(&self, job: StoredJob) -> Result<Action, ReconcileError> {
+        self.destroy_attempt_machine(&job).await?;
+        let generation = job.generation();
+        tracing::info!(
+            generation,
+            "spec changed; starting over for the new generation"
+        );
+
+        self.update(job.name(), |stored| {
+            stored.attempt = None;
+            stored.retry_at = None;
+            let status = &mut stored.job.status;
+            status.phase = Phase::Pending;
+            status.observed_generation = generation;
+            status.attempts = 0;
+            status.machine_id = None;
+            status.progress = 0.0;
+            status.start_time = None;
+            status.completion_time = None;
+            status.output = None;
+            status.set_condition(
+                "Complete",
+                false,
+                "SpecChanged",
+                format!("generation {generation} is pending"),
+            );
+        })
+        .await?;
+        Ok(Action::Requeue(Duration::ZERO))
+    }
+
+    async fn suspend(&self, job: StoredJob) -> Result<Action, ReconcileError> {
+        self.destroy_attempt_machine(&job).await?;
+        self.update(job.name(), |stored| {
+            stored.attempt = None;
+            stored.job.status.phase = Phase::Pending;
+            stored.job.status.machine_id = None;
+            stored
+                .job
+                .status
+                .set_condition("Suspended", true, "Suspended", "spec.suspend is true");
+        })
+        .await?;
+        Ok(Action::AwaitChange)
+    }
+
+    async fn enforce_deadline(&self, job: &StoredJob) -> Result<Option<Action>, ReconcileError> {
+        let (Some(deadline), Some(started)) = (
+            job.job.spec.active_deadline_seconds,
+            job.job.status.start_time,
+        ) else {
+            return Ok(None);
+        };
+        let expires = started + chrono::Duration::seconds(deadline.min(i64::MAX as u64) as i64);
+        if Utc::now() < expires {
+            return Ok(None);
+        }
+
+        self.destroy_attempt_machine(job).await?;
+        let message = format!("the job ran longer than activeDeadlineSeconds ({deadline} s)");
+        self.fail_job(job.name(), "DeadlineExceeded", &message)
+            .await?;
+        Ok(Some(Action::Requeue(Duration::ZERO)))
+    }
+
+    /// Starts the next attempt once the backoff has passed, the source exists and a machine
+    /// slot is free.
+    async fn start_attempt(&self, job: StoredJob) -> Result<Action, ReconcileError> {
+        if let Some(retry_at) = job.retry_at {
+            let wait = (retry_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            if wait > Duration::ZERO {
+                return Ok(Action::Requeue(wait));
+            }
+        }
+        if let Some(action) = self.wait_for_source(&job).await? {
+            return Ok(action);
+        }
+        if self.live_attempts()? >= self.settings.max_concurrent_machines {
+            self.update(job.name(), |stored| {
+                stored.job.status.set_condition(
+                    "Queued",
+                    true,
+                    "MachineLimit",
+                    "waiting for a free machine slot",
+                );
+            })
+            .await?;
+            return Ok(Action::Requeue(self.settings.poll_interval));
+        }
+
+        let number = job.job.status.attempts + 1;
+        let generation = job.generation();
+        let attempt = AttemptRecord {
+            number,
+            generation,
+            token: random_hex(32),
+            machine_name: machine_name(job.name(), generation, number),
+            machine_id: None,
+            instance_id: None,
+            created_at: Utc::now(),
+            outcome: None,
+        };
+
+        // The intent is durable before the machine exists.
+        let stored = self
+            .update(job.name(), |stored| {
+                stored.attempt = Some(attempt.clone());
+                stored.retry_at = None;
+                let status = &mut stored.job.status;
+                status.attempts = number;
+                status.observed_generation = generation;
+                status.progress = 0.0;
+                status.start_time.get_or_insert_with(Utc::now);
+                status.set_condition(
+                    "Queued",
+                    false,
+                    "Scheduled",
+                    format!("attempt {number} scheduled"),
+                );
+            })
+            .await?;
+        self.create_machine(stored, attempt).await
+    }
+
+    async fn wait_for_source(&self, job: &StoredJob) -> Result<Option<Action>, ReconcileError> {
+        let Some(object) = self.sources.stored_source(job) else {
+            return Ok(None);
+        };
+        let size = self
+            .objects
+            .object_size(&object)
+            .await
+            .map_err(|err| ReconcileError::CheckSource(job.name().to_owned(), err))?;
+        if size.is_some() {
+            if job
+                .job
+                .status
+                .condition("SourceReady")
+                .is_none_or(|c| c.status != "True")
+            {
+                self.update(job.name(), |stored| {
+                    stored.job.status.set_condition(
+                        "SourceReady",
+                        true,
+                        "SourceFound",
+                        format!("{object} exists"),
+                    );
+                })
+                .await?;
+            }
+            return Ok(None);
+        }
+
+        let (reason, message) = if job.job.spec.source.upload {
+            (
+                "WaitingForUpload",
+                format!(
+                    "waiting for the upload to {object}; POST /v1/jobs/{}/upload-url for a URL",
+                    job.name()
+                ),
+            )
+        } else {
+            ("SourceNotFound", format!("waiting for {object} to exist"))
+        };
+        self.update(job.name(), |stored| {
+            stored
+                .job
+                .status
+                .set_condition("SourceReady", false, reason, message.clone());
+        })
+        .await?;
+        Ok(Some(Action::Requeue(
+            self.settings.poll_interval.min(Duration::from_secs(2)),
+        )))
+    }
+
+    /// Counts attempts that hold or may soon hold a machine.
+    // TODO-performance: this reads every job; keep a counter once job counts reach the thousands.
+    fn live_attempts(&self) -> Result<usize, ReconcileError> {
+        let jobs = self
+            .store
+            .list()
+            .map_err(|err| ReconcileError::Store(String::new(), err))?;
+        let live = jobs
+            .iter()
+            .filter(|job| !job.job.status.phase.is_finished())
+            .filter(|job| {
+                job.attempt
+                    .as_ref()
+                    .is_some_and(|attempt| attempt.outcome.is_none())
+            })
+            .count();
+        Ok(live)
+    }
+
+    /// Creates the attempt's machine, unless a machine for it already exists because an earlier
+    /// create succeeded without its response reaching us.
+    async fn create_machine(
+        &self,
+        job: StoredJob,
+        attempt: AttemptRecord,
+    ) -> Result<Action, ReconcileError> {
+        if let Some(existing) = self.find_attempt_machine(&job, &attempt).await? {
+            tracing::info!(machine = %existing.id, "adopting machine created by an earlier pass");
+            self.record_machine(job.name(), &existing).await?;
+            return Ok(Action::Requeue(self.settings.poll_interval));
+        }
+
+        let request = self.template.create_request(&job, &attempt);
+        let created = self.fly.create_machine(&request).await;
+        let machine = match created {
+            Ok(machine) => machine,
+            Err(source) if source.is_retryable() => {
+                return Err(ReconcileError::CreateMachine {
+                    job: job.name().to_owned(),
+                    machine: attempt.machine_name,
+                    source,
+                });
+            }
+            Err(source) => {
+                // The API rejected the request itself; count it as a failed attempt.
+                let message = format!("machine create rejected: {source}");
+                tracing::warn!(error = %source, "machine create rejected");
+                self.record_outcome(
+                    job.name(),
+                    &attempt,
+                    failure("MachineCreateFailed", &message, false),
+                )
+                .await?;
+                return Ok(Action::Requeue(Duration::ZERO));
+            }
+        };
+
+        tracing::info!(machine = %machine.id, attempt = attempt.number, "machine created");
+        self.record_machine(job.name(), &machine).await?;
+        Ok(Action::Requeue(self.settings.poll_interval))
+    }
+
+    async fn find_attempt_machine(
+        &self,
+        job: &StoredJob,
+        attempt: &AttemptRecord,
+    ) -> Result<Option<Machine>, ReconcileError> {
+        let machines = self
+            .fly
+            .list_machines()
+            .await
+            .map_err(ReconcileError::ListMachines)?;
+        Ok(machines.into_iter().find(|machine| {
+            !is_gone(machine.state)
+                && AttemptRef::of(machine).is_some_and(|owner| owner.matches(job, attempt))
+        }))
+    }
+
+    async fn record_machine(&self, name: &str, machine: &Machine) -> Result<(), ReconcileError> {
+        self.update(name, |stored| {
+            if let Some(attempt) = stored.attempt.as_mut() {
+                attempt.machine_id = Some(machine.id.clone());
+                attempt.instance_id = machine.instance_id.clone();
+            }
+            stored.job.status.machine_id = Some(machine.id.clone());
+            stored.job.status.phase = Phase::Running;
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Follows the current attempt: settles it once the worker reported or the machine ended.
+    async fn follow_attempt(
+        &self,
+        job: StoredJob,
+        attempt: AttemptRecord,
+    ) -> Result<Action, ReconcileError> {
+        if let Some(outcome) = attempt.outcome.clone() {
+            return self.settle_attempt(job, attempt, outcome).await;
+        }
+        let Some(machine_id) = attempt.machine_id.clone() else {
+            return self.create_machine(job, attempt).await;
+        };
+
+        let machine = match self.fly.get_machine(&machine_id).await {
+            Ok(machine) => machine,
+            Err(err) if err.is_not_found() => return self.machine_missing(&job, &attempt).await,
+            Err(source) => {
+                return Err(ReconcileError::GetMachine {
+                    job: job.name().to_owned(),
+                    machine: machine_id,
+                    source,
+                })
+            }
+        };
+
+        if !matches!(
+            machine.state,
+            MachineState::Stopped | MachineState::Destroyed | MachineState::Failed
+        ) {
+            return Ok(Action::Requeue(self.settings.poll_interval));
+        }
+        let Some(exit) = machine.exit_event() else {
+            if machine.state == MachineState::Stopped {
+                // The exit event can trail the state change briefly.
+                return Ok(Action::Requeue(Duration::from_secs(1)));
+            }
+            let message = format!(
+                "machine {machine_id} ended in state {} without an exit event",
+                machine.state
+            );
+            self.record_outcome(
+                job.name(),
+                &attempt,
+                failure("MachineLost", &message, false),
+            )
+            .await?;
+            return Ok(Action::Requeue(Duration::ZERO));
+        };
+
+        let outcome = outcome_from_exit(&machine_id, exit.exit_code, exit.oom_killed);
+        self.record_outcome(job.name(), &attempt, outcome).await?;
+        Ok(Action::Requeue(Duration::ZERO))
+    }
+
+    /// A machine that the API does not know: normal for a moment after create, a lost attempt
+    /// after the grace period.
+    async fn machine_missing(
+        &self,
+        job: &StoredJob,
+        attempt: &AttemptRecord,
+    ) -> Result<Action, ReconcileError> {
+        let age = (Utc::now() - attempt.created_at)
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        if age < self.settings.machine_grace {
+            return Ok(Action::Requeue(Duration::from_secs(1)));
+        }
+        let machine = attempt.machine_id.as_deref().unwrap_or("?");
+        let message = format!("machine {machine} disappeared before the worker reported");
+        self.record_outcome(job.name(), attempt, failure("MachineLost", &message, false))
+            .await?;
+        Ok(Action::Requeue(Duration::ZERO))
+    }
+
+    /// Turns a finished attempt into the job's next state: success, failure, or a retry.
+    async fn settle_attempt(
+        &self,
+        job: StoredJob,
+        attempt: AttemptRecord,
+        outcome: AttemptOutcome,
+    ) -> Result<Action, ReconcileError> {
+        match outcome {
+            AttemptOutcome::Succeeded => {
+                self.update(job.name(), |stored| {
+                    let status = &mut stored.job.status;
+                    status.phase = Phase::Succeeded;
+                    status.progress = 1.0;
+                    status.completion_time = Some(Utc::now());
+                    status.set_condition(
+                        "Complete",
+                        true,
+                        "Succeeded",
+                        format!("attempt {} succeeded", attempt.number),
+                    );
+                })
+                .await?;
+                tracing::info!(attempt = attempt.number, "job succeeded");
+            }
+            AttemptOutcome::Failed {
+                reason,
+                message,
+                permanent,
+            } => {
+                let limit = job.job.spec.backoff_limit();
+                if permanent {
+                    self.fail_job(job.name(), &reason, &message).await?;
+                } else if attempt.number > limit {
+                    let message = format!(
+                        "{message}; gave up after {} attempts (backoffLimit {limit})",
+                        attempt.number
+                    );
+                    self.fail_job(job.name(), "BackoffLimitExceeded", &message)
+                        .await?;
+                } else {
+                    self.schedule_retry(&job, &attempt, &reason, &message)
+                        .await?;
+                }
+            }
+        }
+        Ok(Action::Requeue(Duration::ZERO))
+    }
+
+    async fn schedule_retry(
+        &self,
+        job: &StoredJob,
+        attempt: &AttemptRecord,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), ReconcileError> {
+        self.destroy_attempt_machine(job).await?;
+        let delay = backoff(
+            self.settings.backoff_base,
+            self.settings.backoff_max,
+            attempt.number,
+        );
+        let retry_at = Utc::now()
+            + chrono::Duration::from_std(delay).unwrap_or_else(|_| chrono::Duration::zero());
+        tracing::info!(
+            attempt = attempt.number,
+            reason,
+            delay_seconds = delay.as_secs_f64(),
+            "attempt failed; retrying after backoff"
+        );
+
+        self.update(job.name(), |stored| {
+            stored.attempt = None;
+            stored.retry_at = Some(retry_at);
+            let status = &mut stored.job.status;
+            status.phase = Phase::Pending;
+            status.machine_id = None;
+            let text = format!(
+                "attempt {} failed: {message}; retrying at {}",
+                attempt.number,
+                retry_at.to_rfc3339()
+            );
+            status.set_condition("Retrying", true, reason, text);
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn fail_job(
+        &self,
+        name: &str,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), ReconcileError> {
+        tracing::info!(reason, message, "job failed");
+        self.update(name, |stored| {
+            let status = &mut stored.job.status;
+            status.phase = Phase::Failed;
+            status.completion_time = Some(Utc::now());
+            status.set_condition("Complete", true, reason, message);
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn record_outcome(
+        &self,
+        name: &str,
+        attempt: &AttemptRecord,
+        outcome: AttemptOutcome,
+    ) -> Result<(), ReconcileError> {
+        self.update(name, |stored| {
+            if let Some(current) = stored
+                .attempt
+                .as_mut()
+                .filter(|current| current.number == attempt.number)
+            {
+                current.outcome.get_or_insert(outcome.clone());
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn destroy_attempt_machine(&self, job: &StoredJob) -> Result<(), ReconcileError> {
+        let Some(machine_id) = job
+            .attempt
+            .as_ref()
+            .and_then(|attempt| attempt.machine_id.clone())
+        else {
+            return Ok(());
+        };
+        match self.fly.get_machine(&machine_id).await {
+            Ok(machine) if is_gone(machine.state) => Ok(()),
+            Ok(_) => self.destroy(job.name(), &machine_id).await,
+            Err(err) if err.is_not_found() => Ok(()),
+            Err(source) => Err(ReconcileError::GetMachine {
+                job: job.name().to_owned(),
+                machine: machine_id,
+                source,
+            }),
+        }
+    }
+
+    async fn destroy(&self, job: &str, machine: &str) -> Result<(), ReconcileError> {
+        match self.fly.destroy_machine(machine, true).await {
+            Ok(()) => {
+                tracing::info!(job, machine, "machine destroyed");
+                Ok(())
+            }
+            Err(err) if err.is_not_found() => Ok(()),
+            Err(source) => Err(ReconcileError::DestroyMachine {
+                job: job.to_owned(),
+                machine: machine.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    async fn update(
+        &self,
+        name: &str,
+        mut change: impl FnMut(&mut StoredJob),
+    ) -> Result<StoredJob, ReconcileError> {
+        self.store
+            .update(name, |job| {
+                change(job);
+                true
+            })
+            .await
+            .map_err(|err| ReconcileError::Store(name.to_owned(), err))
+    }
+}
+
+fn is_gone(state: MachineState) -> bool {
+    matches!(state, MachineState::Destroying | MachineState::Destroyed)
+}
+
+fn failure(reason: &str, message: &str, permanent: bool) -> AttemptOutcome {
+    AttemptOutcome::Failed {
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        permanent,
+    }
+}
+
+/// Reads the worker's exit code when its callback never arrived.
+fn outcome_from_exit(machine: &str, exit_code: i32, oom_killed: bool) -> AttemptOutcome {
+    if oom_killed {
+        return failure(
+            "OOMKilled",
+            &format!("machine {machine} ran out of memory"),
+            false,
+        );
+    }
+    match exit_code {
+        protocol::EXIT_PERMANENT => failure(
+            "WorkerFailed",
+            &format!("worker on machine {machine} failed permanently (exit code {exit_code})"),
+            true,
+        ),
+        protocol::EXIT_SUCCEEDED => failure(
+            "NoResult",
+            &format!("worker on machine {machine} exited without reporting a result"),
+            false,
+        ),
+        code => failure(
+            "WorkerExited",
+            &format!("worker on machine {machine} exited with code {code}"),
+            false,
+        ),
+    }
+}
+
+/// Delay before the attempt after `attempt`: `base`, doubling per attempt, at most `max`.
+pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(20);
+    base.saturating_mul(1 << exponent).min(max)
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let base = Duration::from_secs(10);
+        let max = Duration::from_secs(300);
+
+        assert_eq!(backoff(base, max, 1), Duration::from_secs(10));
+        assert_eq!(backoff(base, max, 2), Duration::from_secs(20));
+        assert_eq!(backoff(base, max, 4), Duration::from_secs(80));
+        assert_eq!(backoff(base, max, 30), max);
+    }
+
+    #[test]
+    fn permanent_exit_code_is_not_retried() {
+        let outcome = outcome_from_exit("m1", protocol::EXIT_PERMANENT, false);
+
+        assert!(matches!(
+            outcome,
+            AttemptOutcome::Failed {
+                permanent: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn oom_is_retryable() {
+        let outcome = outcome_from_exit("m1", 137, true);
+
+        assert!(
+            matches!(outcome, AttemptOutcome::Failed { ref reason, permanent: false, .. } if reason == "OOMKilled")
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! `JobStore`: the durable record of every accepted job and of its current attempt, in sled.
+//!
+//! Every write is flushed before it returns, so a job the API accepted, and an attempt the
+//! reconciler decided to start, survive `kill -9`. Writers that change what users asked for
+//! (apply, delete, worker callbacks) notify subscribers; the reconciler's own status writes do
+//! not, so a pass does not trigger itself.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::spec::TranscodeJob;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("failed to open the job database at {}", path.display())]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("failed to read job {name:?}")]
+    Read {
+        name: String,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("failed to write job {name:?}")]
+    Write {
+        name: String,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("stored job {name:?} is corrupt")]
+    Corrupt {
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("job {0:?} not found")]
+    NotFound(String),
+}
+
+/// A job with the controller's private bookkeeping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredJob {
+    pub job: TranscodeJob,
+    /// The current attempt; `None` before the first one and after a spec change.
+    #[serde(default)]
+    pub attempt: Option<AttemptRecord>,
+    /// When the next attempt may start, after a failed one.
+    #[serde(default)]
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+impl StoredJob {
+    pub fn name(&self) -> &str {
+        &self.job.metadata.name
+    }
+
+    pub fn uid(&self) -> &str {
+        self.job.metadata.uid.as_deref().unwrap_or_default()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.job.metadata.generation.unwrap_or(1)
+    }
+}
+
+/// One attempt: written before its machine is created, so a restarted controller finds the
+/// machine by its metadata instead of creating a second one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRecord {
+    pub number: u32,
+    pub generation: u64,
+    /// Bearer token of the worker endpoints for this attempt only.
+    pub token: String,
+    pub machine_name: String,
+    #[serde(default)]
+    pub machine_id: Option<String>,
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// The worker's final report, once it arrived.
+    #[serde(default)]
+    pub outcome: Option<AttemptOutcome>,
+}
+
+/// How an attempt ended, from the worker's callback or from the machine's exit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AttemptOutcome {
+    Succeeded,
+    Failed {
+        reason: String,
+        message: String,
+        permanent: bool,
+    },
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ApplyOutcome {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+#[derive(Clone)]
+pub struct JobStore {
+    db: sled::Db,
+    jobs: sled::Tree,
+    changes: broadcast::Sender<String>,
+}
+
+impl JobStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_error = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let db = sled::open(path).map_err(open_error)?;
+        let jobs = db.open_tree("jobs").map_err(open_error)?;
+        let (changes, _) = broadcast::channel(1024);
+        Ok(Self { db, jobs, changes })
+    }
+
+    /// Names of jobs changed by users or workers, as they happen.
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.changes.subscribe()
+    }
+
+    pub fn get(&self, name: &str) -> Result<Option<StoredJob>, StoreError> {
+        let bytes = self.jobs.get(name).map_err(|source| StoreError::Read {
+            name: name.to_owned(),
+            source,
+        })?;
+        bytes.map(|bytes| decode(name, &bytes)).transpose()
+    }
+
+    /// Every job, in name order. A corrupt record is logged and skipped.
+    pub fn list(&self) -> Result<Vec<StoredJob>, StoreError> {
+        let mut jobs = Vec::new();
+        for entry in self.jobs.iter() {
+            let (key, value) = entry.map_err(|source| StoreError::Read {
+                name: String::new(),
+                source,
+            })?;
+            let name = String::from_utf8_lossy(&key).into_owned();
+            match decode(&name, &value) {
+                Ok(job) => jobs.push(job),
+                Err(err) => {
+                    tracing::error!(job = %name, error = %err, "skipping corrupt job record")
+                }
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// Creates or updates a job from a validated spec. The generation moves on only when the
+    /// spec changes; labels are updated without a new generation.
+    pub async fn apply(
+        &self,
+        applied: TranscodeJob,
+    ) -> Result<(StoredJob, ApplyOutcome), StoreError> {
+        let name = applied.metadata.name.clone();
+        let mut outcome = ApplyOutcome::Unchanged;
+
+        let stored = self
+            .modify(&name, |existing| {
+                let (next, result) = merge_applied(existing, applied.clone());
+                outcome = result;
+                Some(next)
+            })
+            .await?
+            .ok_or_else(|| StoreError::NotFound(name.clone()))?;
+
+        if outcome != ApplyOutcome::Unchanged {
+            let _ = self.changes.send(name);
+        }
+        Ok((stored, outcome))
+    }
+
+    /// Changes a stored job with `change`, which returns false to leave it as it is. Returns
+    /// the job as stored afterwards.
+    pub async fn update(
+        &self,
+        name: &str,
+        mut change: impl FnMut(&mut StoredJob) -> bool,
+    ) -> Result<StoredJob, StoreError> {
+        self.modify(name, |existing| {
+            let mut job = existing?;
+            change(&mut job);
+            Some(job)
+        })
+        .await?
+        .ok_or_else(|| StoreError::NotFound(name.to_owned()))
+    }
+
+    /// Like [`JobStore::update`], and tells subscribers that the job changed.
+    pub async fn update_and_notify(
+        &self,
+        name: &str,
+        change: impl FnMut(&mut StoredJob) -> bool,
+    ) -> Result<StoredJob, StoreError> {
+        let stored = self.update(name, change).await?;
+        let _ = self.changes.send(name.to_owned());
+        Ok(stored)
+    }
+
+    pub async fn remove(&self, name: &str) -> Result<bool, StoreError> {
+        let removed = self.jobs.remove(name).map_err(|source| StoreError::Write {
+            name: name.to_owned(),
+            source,
+        })?;
+        self.flush(name).await?;
+        let _ = self.changes.send(name.to_owned());
+        Ok(removed.is_some())
+    }
+
+    /// Reads, changes and writes one record with compare-and-swap, retrying when another writer
+    /// got there first, then flushes. `change` gets `None` for a missing job and returns `None`
+    /// to leave the record untouched.
+    async fn modify(
+        &self,
+        name: &str,
+        mut change: impl FnMut(Option<StoredJob>) -> Option<StoredJob>,
+    ) -> Result<Option<StoredJob>, StoreError> {
+        let write_error = |source| StoreError::Write {
+            name: name.to_owned(),
+            source,
+        };
+        loop {
+            let current = self.jobs.get(name).map_err(|source| StoreError::Read {
+                name: name.to_owned(),
+                source,
+            })?;
+            let existing = current
+                .as_ref()
+                .map(|bytes| decode(name, bytes))
+                .transpose()?;
+            let Some(next) = change(existing.clone()) else {
+                return Ok(existing);
+            };
+            if Some(&next) == existing.as_ref() {
+                return Ok(existing);
+            }
+
+            let encoded = serde_json::to_vec(&next).map_err(|source| StoreError::Corrupt {
+                name: name.to_owned(),
+                source,
+            })?;
+            let swapped = self
+                .jobs
+                .compare_and_swap(name, current, Some(encoded))
+                .map_err(write_error)?;
+            if swapped.is_ok() {
+                self.flush(name).await?;
+                return Ok(Some(next));
+            }
+        }
+    }
+
+    async fn flush(&self, name: &str) -> Result<(), StoreError> {
+        self.db
+            .flush_async()
+            .await
+            .map_err(|source| StoreError::Write {
+                name: name.to_owned(),
+                source,
+            })?;
+        Ok(())
+    }
+}
+
+fn decode(name: &str, bytes: &[u8]) -> Result<StoredJob, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        name: name.to_owned(),
+        source,
+    })
+}
+
+/// Merges an applied spec into the stored job, keeping identity and status.
+fn merge_applied(
+    existing: Option<StoredJob>,
+    mut applied: TranscodeJob,
+) -> (StoredJob, ApplyOutcome) {
+    let Some(mut stored) = existing else {
+        applied.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
+        applied.metadata.generation = Some(1);
+        applied.metadata.creation_timestamp = Some(Utc::now());
+        let stored = StoredJob {
+            job: applied,
+            attempt: None,
+            retry_at: None,
+        };
+        return (stored, ApplyOutcome::Created);
+    };
+
+    let spec_changed = stored.job.spec != applied.spec;
+    let labels_changed = stored.job.metadata.labels != applied.metadata.labels;
+    if !spec_changed && !labels_changed {
+        return (stored, ApplyOutcome::Unchanged);
+    }
+
+    stored.job.metadata.labels = applied.metadata.labels;
+    if spec_changed {
+        stored.job.spec = applied.spec;
+        stored.job.metadata.generation = Some(stored.generation() + 1);
+    }
+    (stored, ApplyOutcome::Configured)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, bitrate: u32) -> TranscodeJob {
+        let text = format!(
+            "apiVersion: transcoder/v1\nkind: TranscodeJob\nmetadata: {{name: {name}}}\n\
+             spec: {{source: {{upload: true}}, output: {{codec: mp3, bitrateKbps: {bitrate}}}}}\n"
+        );
+        crate::spec::parse(&text).expect("valid test spec")
+    }
+
+    #[tokio::test]
+    async fn apply_twice_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = JobStore::open(dir.path()).expect("open");
+
+        let (first, created) = store.apply(job("a", 192)).await.expect("apply");
+        let (second, unchanged) = store.apply(job("a", 192)).await.expect("apply");
+
+        assert_eq!(created, ApplyOutcome::Created);
+        assert_eq!(unchanged, ApplyOutcome::Unchanged);
+        assert_eq!(first, second);
+        assert_eq!(second.generation(), 1);
+    }
+
+    #[tokio::test]
+    async fn spec_change_bumps_generation_and_keeps_uid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = JobStore::open(dir.path()).expect("open");
+
+        let (first, _) = store.apply(job("a", 192)).await.expect("apply");
+        let (second, outcome) = store.apply(job("a", 128)).await.expect("apply");
+
+        assert_eq!(outcome, ApplyOutcome::Configured);
+        assert_eq!(second.generation(), 2);
+        assert_eq!(second.uid(), first.uid());
+    }
+
+    #[tokio::test]
+    async fn jobs_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = JobStore::open(dir.path()).expect("open");
+            store.apply(job("a", 192)).await.expect("apply");
+            store.apply(job("b", 128)).await.expect("apply");
+        }
+
+        let store = JobStore::open(dir.path()).expect("reopen");
+        let names: Vec<String> = store
+            .list()
+            .expect("list")
+            .iter()
+            .map(|j| j.name().to_owned())
+            .collect();
+
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn update_of_missing_job_is_not_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = JobStore::open(dir.path()).expect("open");
+
+        let result = store.update("missing", |_| true).await;
+
+        assert!(matches!(result, Err(StoreError::NotFound(name)) if name == "missing"));
+    }
+}
