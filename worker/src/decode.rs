@@ -184,7 +184,9 @@ impl SourceDecoder {
 
             let buffer = match self.decoder.decode(&packet) {
                 Ok(buffer) => buffer,
-                Err(SymphoniaError::DecodeError(_)) => {
+                // A packet is already in memory, so an I/O error here means it is too short,
+                // as the last block of a truncated file can be; it is skipped like bad data.
+                Err(SymphoniaError::DecodeError(_) | SymphoniaError::IoError(_)) => {
                     self.stats.skipped_packets += 1;
                     continue;
                 }

@@ -86,7 +86,7 @@ fn classify_input(input: &InputError, err: &TranscodeError) -> Failure {
         InputError::WavHeader(WavHeaderError::Read(_) | WavHeaderError::Spool(_)) => {
             Failure::retryable("SourceReadFailed", err)
         }
-        InputError::WavHeader(WavHeaderError::Truncated { .. }) => {
+        InputError::WavHeader(WavHeaderError::Truncated { .. } | WavHeaderError::MissingData) => {
             Failure::permanent("TruncatedInput", err)
         }
         InputError::WavHeader(header) if header.is_unsupported() => {

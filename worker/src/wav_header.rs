@@ -2,20 +2,20 @@
 //! into the one canonical form symphonia's WAV reader accepts.
 //!
 //! The walk reads chunk headers in order and skips unknown chunks by streaming them, so a size
-//! field is never used to allocate memory. The rewritten header is `RIFF`, `fmt ` (normalised),
-//! `fact` (when present) and `data`, with both RIFF and data sizes set to "unknown"
-//! (0xFFFFFFFF); [`MendedWav`] then delivers exactly the data chunk's bytes, so the sizes in the
-//! header cannot mislead the reader. Repairs made:
+//! field is never used to allocate memory. The rewritten header is `RIFF` with an unknown size
+//! (0xFFFFFFFF), `fmt ` (normalised), `fact` (when present) and `data` with the size the input
+//! states, or unknown. [`MendedWav`] then delivers at most that many data bytes, so chunks after
+//! the data are never read as audio. Repairs made:
 //!
 //! - RF64 and BW64: the 64-bit data size comes from the `ds64` chunk.
-//! - RIFF or data sizes that are 0, 0xFFFFFFFF or wrong: the RIFF size is ignored, a data size
-//!   of 0 or 0xFFFFFFFF means "read to the end of the input".
+//! - RIFF sizes are ignored, so a wrong one does no harm. A data size of 0 or 0xFFFFFFFF means
+//!   "read to the end of the input".
 //! - `data` before `fmt `: the data chunk is spooled to a temporary file until `fmt ` is found.
 //! - fmt chunks of unusual length (PCM, float, A-law and mu-law) are rewritten at their
-//!   standard length, and PCM samples narrower than their container (12 bits in 16, 20 in 24)
-//!   are read at the container width, since WAV stores them left-justified.
-//! - An odd-length chunk written without its pad byte is detected when the supposed pad byte
-//!   is not zero, and the walk continues from that byte.
+//!   standard length. PCM samples narrower than their container (12 bits in 16, 20 in 24) are
+//!   read at the container width, because WAV stores them left-justified, and 64-bit PCM is
+//!   narrowed to its top 32 bits.
+//! - An EXTENSIBLE fmt chunk with a sample width of 0 takes its valid-bits width.
 //! - MPEG audio in a WAV container (format tags 0x50 and 0x55) is handed on as a bare MPEG
 //!   stream.
 
@@ -111,15 +111,15 @@ pub struct WavFacts {
 /// A WAV stream with a canonical header, readable by symphonia.
 pub struct MendedWav<R> {
     header: Cursor<Vec<u8>>,
-    body: Body<R>,
-    remaining: Option<u64>,
+    data: Data<R>,
     delivered: Arc<AtomicU64>,
     pub facts: WavFacts,
 }
 
-enum Body<R> {
-    Stream(R),
-    Spooled(File),
+enum Data<R> {
+    Plain(DataChunk<R>),
+    /// Samples wider than symphonia reads, cut to their most significant bytes.
+    Narrowed(Narrower<DataChunk<R>>),
 }
 
 impl<R: Read> MendedWav<R> {
@@ -133,27 +133,93 @@ impl<R: Read> Read for MendedWav<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut filled = self.header.read(buf)?;
         while filled < buf.len() {
-            let room = &mut buf[filled..];
-            let limit = self
-                .remaining
-                .map_or(room.len(), |left| left.min(room.len() as u64) as usize);
-            if limit == 0 {
-                break;
-            }
-            let count = match &mut self.body {
-                Body::Stream(reader) => reader.read(&mut room[..limit])?,
-                Body::Spooled(file) => file.read(&mut room[..limit])?,
+            let count = match &mut self.data {
+                Data::Plain(data) => data.read(&mut buf[filled..])?,
+                Data::Narrowed(data) => data.read(&mut buf[filled..])?,
             };
             if count == 0 {
                 break;
             }
             filled += count;
-            self.delivered.fetch_add(count as u64, Ordering::Relaxed);
-            if let Some(left) = &mut self.remaining {
-                *left -= count as u64;
-            }
         }
         Ok(filled)
+    }
+}
+
+/// The data chunk's bytes: at most `remaining` of them, counted into `delivered`.
+struct DataChunk<R> {
+    body: Body<R>,
+    remaining: Option<u64>,
+    delivered: Arc<AtomicU64>,
+}
+
+enum Body<R> {
+    Stream(R),
+    Spooled(File),
+}
+
+impl<R: Read> Read for DataChunk<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let limit = self
+            .remaining
+            .map_or(buf.len(), |left| left.min(buf.len() as u64) as usize);
+        if limit == 0 {
+            return Ok(0);
+        }
+        let count = match &mut self.body {
+            Body::Stream(reader) => reader.read(&mut buf[..limit])?,
+            Body::Spooled(file) => file.read(&mut buf[..limit])?,
+        };
+        self.delivered.fetch_add(count as u64, Ordering::Relaxed);
+        if let Some(left) = &mut self.remaining {
+            *left -= count as u64;
+        }
+        Ok(count)
+    }
+}
+
+/// Keeps the most significant `keep` bytes of every little-endian sample of `width` bytes.
+struct Narrower<R> {
+    inner: R,
+    width: usize,
+    keep: usize,
+    raw: Vec<u8>,
+    ready: Vec<u8>,
+    position: usize,
+}
+
+impl<R: Read> Narrower<R> {
+    const RAW_CHUNK_SAMPLES: usize = 8192;
+
+    fn new(inner: R, width: usize, keep: usize) -> Self {
+        let raw = vec![0u8; width * Self::RAW_CHUNK_SAMPLES];
+        Self {
+            inner,
+            width,
+            keep,
+            raw,
+            ready: Vec::new(),
+            position: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for Narrower<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.position == self.ready.len() {
+            let got = read_full(&mut self.inner, &mut self.raw)?;
+            // A partial sample at the end of the input is dropped.
+            self.ready.clear();
+            for sample in self.raw[..got].chunks_exact(self.width) {
+                self.ready
+                    .extend_from_slice(&sample[self.width - self.keep..]);
+            }
+            self.position = 0;
+        }
+        let count = buf.len().min(self.ready.len() - self.position);
+        buf[..count].copy_from_slice(&self.ready[self.position..self.position + count]);
+        self.position += count;
+        Ok(count)
     }
 }
 
@@ -161,11 +227,7 @@ impl<R: Read> Read for MendedWav<R> {
 /// returns the stream with a canonical header.
 pub fn mend<R: Read>(start: [u8; 12], reader: R) -> Result<MendedWav<R>, WavHeaderError> {
     let rf64 = matches!(&start[0..4], b"RF64" | b"BW64");
-    let mut walker = ChunkWalker {
-        reader,
-        offset: 12,
-        carry: None,
-    };
+    let mut walker = ChunkWalker { reader, offset: 12 };
     let mut scan = HeaderScan {
         rf64,
         ..Default::default()
@@ -184,17 +246,30 @@ pub fn mend<R: Read>(start: [u8; 12], reader: R) -> Result<MendedWav<R>, WavHead
         repairs: scan.repairs,
         ..Default::default()
     };
-    let header = canonical_header(&fmt, &mut facts)?;
+    let format = normalise_fmt(&fmt, &mut facts)?;
+    let header = match &format {
+        Some(format) => assemble_header(&format.body, &facts, declared, format.narrowing),
+        None => Vec::new(),
+    };
 
+    let delivered = Arc::new(AtomicU64::new(0));
     let (body, remaining) = match spooled {
         Some((file, copied)) => (Body::Spooled(file), Some(copied)),
         None => (Body::Stream(walker.reader), declared),
     };
-    Ok(MendedWav {
-        header: Cursor::new(header),
+    let chunk = DataChunk {
         body,
         remaining,
-        delivered: Arc::new(AtomicU64::new(0)),
+        delivered: Arc::clone(&delivered),
+    };
+    let data = match format.and_then(|format| format.narrowing) {
+        Some((width, keep)) => Data::Narrowed(Narrower::new(chunk, width, keep)),
+        None => Data::Plain(chunk),
+    };
+    Ok(MendedWav {
+        header: Cursor::new(header),
+        data,
+        delivered,
         facts,
     })
 }
@@ -241,9 +316,9 @@ fn scan_to_data<R: Read>(
                     .push("data chunk precedes the fmt chunk; spooled it".into());
                 scan.spooled = Some(walker.spool(size)?);
                 scan.spooled_declared = Some(size);
-                walker.skip_pad(chunk.len.into(), &mut scan.repairs)?;
+                walker.skip_pad(chunk.len.into())?;
             }
-            _ => walker.skip_chunk(chunk, &mut scan.repairs)?,
+            _ => walker.skip_chunk(chunk)?,
         }
     }
 }
@@ -293,29 +368,19 @@ struct ChunkHeader {
 struct ChunkWalker<R> {
     reader: R,
     offset: u64,
-    /// A byte read as padding that turned out to start the next chunk id.
-    carry: Option<u8>,
 }
 
 impl<R: Read> ChunkWalker<R> {
     /// Reads the next chunk header, or `None` at the end of the input.
     fn next_chunk(&mut self) -> Result<Option<ChunkHeader>, WavHeaderError> {
         let mut header = [0u8; 8];
-        let start = match self.carry.take() {
-            Some(byte) => {
-                header[0] = byte;
-                1
-            }
-            None => 0,
-        };
-        let got =
-            read_full(&mut self.reader, &mut header[start..]).map_err(WavHeaderError::Read)?;
-        let offset = self.offset - start as u64;
+        let got = read_full(&mut self.reader, &mut header).map_err(WavHeaderError::Read)?;
+        let offset = self.offset;
         self.offset += got as u64;
-        if start + got == 0 {
+        if got == 0 {
             return Ok(None);
         }
-        if start + got < 8 {
+        if got < header.len() {
             return Err(WavHeaderError::Truncated {
                 offset: self.offset,
                 part: "chunk header",
@@ -354,7 +419,7 @@ impl<R: Read> ChunkWalker<R> {
                 part,
             });
         }
-        self.skip_pad(chunk.len.into(), &mut Vec::new())?;
+        self.skip_pad(chunk.len.into())?;
         Ok(body)
     }
 
@@ -373,19 +438,15 @@ impl<R: Read> ChunkWalker<R> {
             });
         }
         self.skip_bytes(u64::from(chunk.len) - 28, "ds64 chunk")?;
-        self.skip_pad(chunk.len.into(), &mut Vec::new())?;
+        self.skip_pad(chunk.len.into())?;
         let mut data = [0u8; 8];
         data.copy_from_slice(&sizes[8..16]);
         Ok(u64::from_le_bytes(data))
     }
 
-    fn skip_chunk(
-        &mut self,
-        chunk: ChunkHeader,
-        repairs: &mut Vec<String>,
-    ) -> Result<(), WavHeaderError> {
+    fn skip_chunk(&mut self, chunk: ChunkHeader) -> Result<(), WavHeaderError> {
         self.skip_bytes(chunk.len.into(), "chunk body")?;
-        self.skip_pad(chunk.len.into(), repairs)
+        self.skip_pad(chunk.len.into())
     }
 
     fn skip_bytes(&mut self, len: u64, part: &'static str) -> Result<(), WavHeaderError> {
@@ -401,22 +462,16 @@ impl<R: Read> ChunkWalker<R> {
         Ok(())
     }
 
-    /// Consumes the pad byte after an odd-length chunk. A non-zero pad byte means the writer
-    /// left it out, so the byte is kept as the start of the next chunk id.
-    fn skip_pad(&mut self, len: u64, repairs: &mut Vec<String>) -> Result<(), WavHeaderError> {
+    /// Consumes the pad byte after an odd-length chunk. A writer that left the pad byte out
+    /// makes the next chunk id unreadable, which is reported as a malformed chunk, as ffmpeg
+    /// does.
+    fn skip_pad(&mut self, len: u64) -> Result<(), WavHeaderError> {
         if len.is_multiple_of(2) {
             return Ok(());
         }
         let mut pad = [0u8; 1];
         let got = read_full(&mut self.reader, &mut pad).map_err(WavHeaderError::Read)?;
         self.offset += got as u64;
-        if got == 1 && pad[0] != 0 {
-            repairs.push(format!(
-                "odd-length chunk ending at byte {} lacks its pad byte",
-                self.offset - 1
-            ));
-            self.carry = Some(pad[0]);
-        }
         Ok(())
     }
 
@@ -432,8 +487,16 @@ impl<R: Read> ChunkWalker<R> {
     }
 }
 
-/// Builds the canonical header for the fmt chunk body `fmt`, recording what changed.
-fn canonical_header(fmt: &[u8], facts: &mut WavFacts) -> Result<Vec<u8>, WavHeaderError> {
+/// A fmt chunk body symphonia accepts.
+struct NormalFmt {
+    body: Vec<u8>,
+    /// Sample width and kept bytes, when samples must be narrowed on the way to the decoder.
+    narrowing: Option<(usize, usize)>,
+}
+
+/// Checks the fmt chunk and rewrites it in the form symphonia accepts, recording what
+/// changed. Returns `None` when the payload is a bare MPEG audio stream.
+fn normalise_fmt(fmt: &[u8], facts: &mut WavFacts) -> Result<Option<NormalFmt>, WavHeaderError> {
     let field16 = |at: usize| u16::from_le_bytes([fmt[at], fmt[at + 1]]);
     let tag = field16(0);
     let channels = field16(2);
@@ -449,44 +512,85 @@ fn canonical_header(fmt: &[u8], facts: &mut WavFacts) -> Result<Vec<u8>, WavHead
         return Err(WavHeaderError::SampleRate(rate));
     }
 
-    let fmt_body = match tag {
-        TAG_PCM => {
-            let bits = pcm_container_bits(bits, block_align, channels, facts)?;
-            basic_fmt(TAG_PCM, channels, rate, bits, None)
-        }
+    let mut narrowing = None;
+    let body = match tag {
+        TAG_PCM => match pcm_container_bits(bits, block_align, channels, facts)? {
+            64 => {
+                facts.repairs.push("64-bit PCM narrowed to 32 bits".into());
+                narrowing = Some((8, 4));
+                basic_fmt(TAG_PCM, channels, rate, 32, None)
+            }
+            bits => basic_fmt(TAG_PCM, channels, rate, bits, None),
+        },
         TAG_IEEE_FLOAT if bits == 32 || bits == 64 => basic_fmt(tag, channels, rate, bits, None),
         TAG_IEEE_FLOAT => return Err(WavHeaderError::FloatBits(bits)),
         TAG_ALAW | TAG_MULAW => basic_fmt(tag, channels, rate, 8, Some(0)),
-        TAG_MS_ADPCM | TAG_IMA_ADPCM | TAG_EXTENSIBLE => fmt.to_vec(),
+        TAG_EXTENSIBLE => extensible_fmt(fmt, block_align, channels, facts),
+        TAG_MS_ADPCM | TAG_IMA_ADPCM => fmt.to_vec(),
         TAG_MPEG | TAG_MPEG_LAYER3 => {
             facts.mpeg_payload = true;
-            facts
-                .repairs
-                .push("MPEG audio in a WAV container; decoded the MPEG stream".into());
-            return Ok(Vec::new());
+            let repair = "MPEG audio in a WAV container; decoded the MPEG stream";
+            facts.repairs.push(repair.into());
+            return Ok(None);
         }
         _ => {
-            return Err(WavHeaderError::Codec {
-                tag,
-                name: codec_name(tag),
-            })
+            let name = codec_name(tag);
+            return Err(WavHeaderError::Codec { tag, name });
         }
     };
-    if ![16, 18, 40].contains(&fmt.len()) && fmt_body.len() != fmt.len() {
-        let (from, to) = (fmt.len(), fmt_body.len());
-        facts
-            .repairs
-            .push(format!("fmt chunk of {from} bytes rewritten as {to} bytes"));
+
+    if ![16, 18, 40].contains(&fmt.len()) && body.len() != fmt.len() {
+        let (from, to) = (fmt.len(), body.len());
+        let repair = format!("fmt chunk of {from} bytes rewritten as {to} bytes");
+        facts.repairs.push(repair);
     }
+    Ok(Some(NormalFmt { body, narrowing }))
+}
+
+/// The EXTENSIBLE fmt chunk as is, except that a sample width of 0 is replaced by the valid
+/// width, unless a non-zero block alignment contradicts it.
+fn extensible_fmt(fmt: &[u8], block_align: u16, channels: u16, facts: &mut WavFacts) -> Vec<u8> {
+    let mut body = fmt.to_vec();
+    let bits = u16::from_le_bytes([fmt[14], fmt[15]]);
+    let Some(valid) = fmt.get(18..20).map(|b| u16::from_le_bytes([b[0], b[1]])) else {
+        return body;
+    };
+    let container = u32::from(block_align / channels.max(1)) * 8;
+    let plausible = matches!(valid, 8 | 16 | 24 | 32 | 64);
+    if bits == 0 && plausible && (container == 0 || container == u32::from(valid)) {
+        body[14..16].copy_from_slice(&valid.to_le_bytes());
+        facts.repairs.push(format!(
+            "sample width 0 in the EXTENSIBLE fmt chunk read as {valid}"
+        ));
+    }
+    body
+}
+
+/// Builds the canonical header: RIFF and WAVE with an unknown size, then fmt, fact (when
+/// present) and the data chunk header with its size when known.
+fn assemble_header(
+    fmt_body: &[u8],
+    facts: &WavFacts,
+    declared: Option<u64>,
+    narrowing: Option<(usize, usize)>,
+) -> Vec<u8> {
+    let data_size = declared
+        .map(|bytes| match narrowing {
+            Some((width, keep)) => bytes / width as u64 * keep as u64,
+            None => bytes,
+        })
+        .and_then(|bytes| u32::try_from(bytes).ok())
+        .unwrap_or(u32::MAX);
 
     let mut header = Vec::with_capacity(64 + fmt_body.len());
     header.extend_from_slice(b"RIFF\xff\xff\xff\xffWAVE");
-    push_chunk(&mut header, b"fmt ", &fmt_body);
+    push_chunk(&mut header, b"fmt ", fmt_body);
     if let Some(frames) = facts.fact_frames {
         push_chunk(&mut header, b"fact", &frames.to_le_bytes());
     }
-    header.extend_from_slice(b"data\xff\xff\xff\xff");
-    Ok(header)
+    header.extend_from_slice(b"data");
+    header.extend_from_slice(&data_size.to_le_bytes());
+    header
 }
 
 /// The sample width to decode integer PCM at: the stated width when symphonia supports it and
@@ -512,6 +616,10 @@ fn pcm_container_bits(
     }
     if supported(bits.into()) {
         return Ok(bits);
+    }
+    // 64-bit integer PCM is narrowed to 32 bits on the way to the decoder.
+    if bits == 64 && container == 64 {
+        return Ok(64);
     }
     Err(WavHeaderError::PcmBits { bits, container })
 }
