@@ -86,6 +86,7 @@ fn local_settings() -> ReconcilerSettings {
         backoff_base: Duration::from_secs(2),
         backoff_max: Duration::from_secs(60),
         max_concurrent_machines: 4,
+        machine_grace: Duration::from_secs(10),
         ..ReconcilerSettings::default()
     }
 }

@@ -207,3 +207,33 @@ pub fn mp3_frame_samples(sample_rate: u32) -> u64 {
         576
     }
 }
+
+/// A 16-bit PCM WAV of `seconds` of a 440 Hz sine in every channel.
+pub fn sine_wav(sample_rate: u32, channels: u16, seconds: u32) -> Vec<u8> {
+    let frames = sample_rate * seconds;
+    let mut data = Vec::with_capacity(frames as usize * usize::from(channels) * 2);
+    for n in 0..frames {
+        let phase = 2.0 * std::f64::consts::PI * 440.0 * f64::from(n) / f64::from(sample_rate);
+        let sample = ((phase.sin() * 12000.0) as i16).to_le_bytes();
+        for _ in 0..channels {
+            data.extend_from_slice(&sample);
+        }
+    }
+
+    let block_align = channels * 2;
+    let mut file = Vec::with_capacity(44 + data.len());
+    file.extend_from_slice(b"RIFF");
+    file.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    file.extend_from_slice(b"WAVEfmt ");
+    file.extend_from_slice(&16u32.to_le_bytes());
+    file.extend_from_slice(&1u16.to_le_bytes());
+    file.extend_from_slice(&channels.to_le_bytes());
+    file.extend_from_slice(&sample_rate.to_le_bytes());
+    file.extend_from_slice(&(sample_rate * u32::from(block_align)).to_le_bytes());
+    file.extend_from_slice(&block_align.to_le_bytes());
+    file.extend_from_slice(&16u16.to_le_bytes());
+    file.extend_from_slice(b"data");
+    file.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    file.extend_from_slice(&data);
+    file
+}
