@@ -1,6 +1,7 @@
 //! The controller's HTTP API: jobs for users, assignments and callbacks for workers.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -12,12 +13,13 @@ use protocol::{Assignment, Callback, OutputFormat, PresignedRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::metrics::Metrics;
 use crate::objectstore::{expiry_time, ObjectStore, ObjectStoreError, ObjectUrl};
 use crate::selector::LabelSelector;
 use crate::sources::SourceLocator;
 use crate::spec::{self, FieldError, SpecError, TranscodeJob};
 use crate::status::{OutputStatus, Phase};
-use crate::store::{ApplyOutcome, AttemptOutcome, JobStore, StoreError, StoredJob};
+use crate::store::{ApplyOutcome, AttemptOutcome, JobEvent, JobStore, StoreError, StoredJob};
 
 /// Largest spec or callback body accepted.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -31,15 +33,17 @@ pub struct AppState {
     pub store: JobStore,
     pub objects: ObjectStore,
     pub sources: SourceLocator,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
-    pub fn new(store: JobStore, objects: ObjectStore) -> Self {
+    pub fn new(store: JobStore, objects: ObjectStore, metrics: Arc<Metrics>) -> Self {
         let sources = SourceLocator::new(objects.default_bucket());
         Self {
             store,
             objects,
             sources,
+            metrics,
         }
     }
 }
@@ -109,6 +113,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/jobs/{name}",
             put(apply_job).get(get_job).delete(delete_job),
         )
+        .route("/v1/jobs/{name}/events", get(job_events))
         .route("/v1/jobs/{name}/upload-url", post(upload_url))
         .route("/v1/jobs/{name}/assignment", get(assignment))
         .route("/v1/jobs/{name}/callbacks", post(callback))
@@ -329,25 +334,28 @@ async fn callback(
         }
     }
 
-    state
-        .store
-        .update_and_notify(&name, |job| {
-            apply_callback(job, number, &callback, &output_url)
-        })
-        .await?;
+    // Progress needs no reconcile; a final report does, at once.
+    let record = |job: &mut StoredJob| {
+        apply_callback(job, number, &callback, &output_url);
+    };
+    if matches!(callback, Callback::Progress { .. }) {
+        state.store.update(&name, record).await?;
+    } else {
+        state.store.update_and_notify(&name, record).await?;
+    }
     tracing::debug!(job = %name, attempt = number, "worker callback recorded");
     Ok(Json(json!({ "ok": true })))
 }
 
 /// Records a worker's report on the attempt it came from; reports about an attempt that is no
 /// longer current change nothing.
-fn apply_callback(job: &mut StoredJob, number: u32, callback: &Callback, output_url: &str) -> bool {
+fn apply_callback(job: &mut StoredJob, number: u32, callback: &Callback, output_url: &str) {
     let Some(attempt) = job
         .attempt
         .as_mut()
         .filter(|attempt| attempt.number == number && attempt.outcome.is_none())
     else {
-        return false;
+        return;
     };
     match callback {
         Callback::Progress { fraction } => {
@@ -380,7 +388,6 @@ fn apply_callback(job: &mut StoredJob, number: u32, callback: &Callback, output_
             });
         }
     }
-    true
 }
 
 /// Checks the bearer token against the job's current attempt.
@@ -435,22 +442,23 @@ async fn render(state: &AppState, stored: StoredJob) -> TranscodeJob {
 
 async fn metrics(State(state): State<AppState>) -> Result<String, ApiError> {
     let jobs = state.store.list()?;
-    let mut text =
-        String::from("# HELP transcoder_jobs Jobs by phase.\n# TYPE transcoder_jobs gauge\n");
-    for phase in [
-        Phase::Pending,
-        Phase::Running,
-        Phase::Succeeded,
-        Phase::Failed,
-    ] {
-        let count = jobs
-            .iter()
-            .filter(|job| job.job.status.phase == phase)
-            .count();
-        text.push_str(&format!(
-            "transcoder_jobs{{phase=\"{}\"}} {count}\n",
-            phase.as_str()
-        ));
+    Ok(state.metrics.render(&jobs))
+}
+
+/// Body of `GET /v1/jobs/{name}/events`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EventList {
+    pub items: Vec<JobEvent>,
+}
+
+async fn job_events(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<EventList>, ApiError> {
+    if state.store.get(&name)?.is_none() {
+        return Err(ApiError::NotFound(name));
     }
-    Ok(text)
+    Ok(Json(EventList {
+        items: state.store.events(&name)?,
+    }))
 }

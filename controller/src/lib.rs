@@ -4,7 +4,9 @@
 pub mod api;
 pub mod client;
 pub mod local;
+pub mod machine_api;
 pub mod machine_template;
+pub mod metrics;
 pub mod objectstore;
 pub mod queue;
 pub mod reconciler;

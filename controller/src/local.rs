@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
 use crate::machine_template::MachineTemplate;
+use crate::metrics::Metrics;
 use crate::objectstore::{EmbeddedObjectStore, ObjectStore, ObjectStoreError};
 use crate::reconciler::{JobReconciler, ReconcilerSettings};
 use crate::store::{JobStore, StoreError};
@@ -219,13 +220,19 @@ pub fn spawn_controller(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) {
-    let state = AppState::new(parts.store.clone(), parts.objects.clone());
+    let metrics = Arc::new(Metrics::default());
+    let state = AppState::new(
+        parts.store.clone(),
+        parts.objects.clone(),
+        Arc::clone(&metrics),
+    );
     let reconciler = JobReconciler::new(
         parts.store,
         parts.fly,
         parts.objects,
         parts.template,
         parts.settings,
+        metrics,
     );
     tasks.spawn(Arc::clone(&reconciler).run(shutdown.clone()));
     tasks.spawn(serve_api(listener, api::router(state), shutdown));

@@ -15,7 +15,7 @@
 //!   machine's exit code stands in when no callback arrived, and failed attempts are retried
 //!   with exponential backoff up to `backoffLimit`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +26,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::machine_api::MachineApi;
 use crate::machine_template::{machine_name, AttemptRef, MachineTemplate};
+use crate::metrics::Metrics;
 use crate::objectstore::{random_hex, ObjectStore, ObjectStoreError};
 use crate::queue::JobQueue;
 use crate::sources::SourceLocator;
@@ -96,6 +98,9 @@ pub fn retry_delay(error: &ReconcileError) -> Duration {
     }
 }
 
+/// Delay before a job whose pass panicked is looked at again.
+const PANIC_RETRY_DELAY: Duration = Duration::from_secs(5);
+
 /// Tunables of the reconciler.
 #[derive(Debug, Clone)]
 pub struct ReconcilerSettings {
@@ -139,7 +144,8 @@ pub struct SweepReport {
 
 pub struct JobReconciler {
     store: JobStore,
-    fly: FlyClient,
+    fly: MachineApi,
+    metrics: Arc<Metrics>,
     objects: ObjectStore,
     sources: SourceLocator,
     template: MachineTemplate,
@@ -153,11 +159,13 @@ impl JobReconciler {
         objects: ObjectStore,
         template: MachineTemplate,
         settings: ReconcilerSettings,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let sources = SourceLocator::new(objects.default_bucket());
         Arc::new(Self {
             store,
-            fly,
+            fly: MachineApi::new(fly, Arc::clone(&metrics)),
+            metrics,
             objects,
             sources,
             template,
@@ -172,6 +180,7 @@ impl JobReconciler {
         let mut passes: JoinSet<(String, Action)> = JoinSet::new();
         let mut in_flight: HashSet<String> = HashSet::new();
         let mut dirty: HashSet<String> = HashSet::new();
+        let mut task_names: HashMap<tokio::task::Id, String> = HashMap::new();
         let mut resync = tokio::time::interval(self.settings.resync_interval);
         tracing::info!("reconciler started");
 
@@ -196,13 +205,27 @@ impl JobReconciler {
                         continue;
                     }
                     let reconciler = Arc::clone(&self);
-                    passes.spawn(async move {
-                        let action = reconciler.reconcile_logged(&name).await;
-                        (name, action)
+                    let task_name = name.clone();
+                    let handle = passes.spawn(async move {
+                        let action = reconciler.reconcile_logged(&task_name).await;
+                        (task_name, action)
                     });
+                    task_names.insert(handle.id(), name);
                 }
-                Some(finished) = passes.join_next() => {
-                    let Ok((name, action)) = finished else { continue };
+                Some(finished) = passes.join_next_with_id() => {
+                    let (name, action) = match finished {
+                        Ok((id, result)) => {
+                            task_names.remove(&id);
+                            result
+                        }
+                        Err(err) => {
+                            // A panicked pass must not leave its job out of the queue for good.
+                            let Some(name) = task_names.remove(&err.id()) else { continue };
+                            tracing::error!(job = %name, error = %err, "reconcile pass panicked");
+                            self.metrics.record_reconcile(true);
+                            (name, Action::Requeue(PANIC_RETRY_DELAY))
+                        }
+                    };
                     in_flight.remove(&name);
                     if dirty.remove(&name) {
                         queue.schedule(&name, Duration::ZERO);
@@ -211,6 +234,7 @@ impl JobReconciler {
                     }
                 }
             }
+            self.metrics.set_queue_depth(queue.len());
         }
 
         while passes.join_next().await.is_some() {}
@@ -238,7 +262,7 @@ impl JobReconciler {
             ..Default::default()
         };
 
-        let machines = match self.fly.list_machines().await {
+        let machines = match self.fly.list().await {
             Ok(machines) => machines,
             Err(err) => {
                 tracing::warn!(error = %err, "failed to list machines for resync");
@@ -247,6 +271,11 @@ impl JobReconciler {
             }
         };
         report.machines_seen = machines.len();
+        let mut by_state = std::collections::BTreeMap::new();
+        for machine in &machines {
+            *by_state.entry(machine.state.to_string()).or_insert(0) += 1;
+        }
+        self.metrics.set_machines_by_state(by_state);
 
         for machine in machines {
             let Some(owner) = AttemptRef::of(&machine) else {
@@ -256,7 +285,16 @@ impl JobReconciler {
                 continue;
             }
             match self.destroy(&owner.job, &machine.id).await {
-                Ok(()) => report.orphans_destroyed += 1,
+                Ok(()) => {
+                    report.orphans_destroyed += 1;
+                    self.metrics.record_orphans_destroyed(1);
+                    self.event(
+                        &owner.job,
+                        "Warning",
+                        "OrphanDestroyed",
+                        &format!("destroyed machine {} of a stale attempt", machine.id),
+                    );
+                }
                 Err(err) => {
                     tracing::warn!(job = %owner.job, machine = %machine.id, error = %err, "failed to destroy orphan machine");
                     report.errors += 1;
@@ -280,10 +318,12 @@ impl JobReconciler {
         async {
             match self.reconcile(name).await {
                 Ok(action) => {
+                    self.metrics.record_reconcile(false);
                     self.record_error(name, None).await;
                     action
                 }
                 Err(err) => {
+                    self.metrics.record_reconcile(true);
                     tracing::warn!(error = %err, cause = ?std::error::Error::source(&err).map(ToString::to_string), "reconcile failed");
                     self.record_error(name, Some(error_chain(&err))).await;
                     Action::Requeue(retry_delay(&err))
@@ -299,7 +339,6 @@ impl JobReconciler {
             .store
             .update(name, |job| {
                 job.job.status.last_reconcile_error = error.clone();
-                true
             })
             .await;
         if let Err(err) = result {
@@ -343,7 +382,7 @@ impl JobReconciler {
     async fn clean_up_deleted(&self, name: &str) -> Result<Action, ReconcileError> {
         let machines = self
             .fly
-            .list_machines()
+            .list()
             .await
             .map_err(ReconcileError::ListMachines)?;
         for machine in machines {
@@ -385,6 +424,8 @@ impl JobReconciler {
             generation,
             "spec changed; starting over for the new generation"
         );
+        let message = format!("spec changed; starting over for generation {generation}");
+        self.event(job.name(), "Normal", "SpecChanged", &message);
 
         self.update(job.name(), |stored| {
             stored.attempt = None;
@@ -582,12 +623,17 @@ impl JobReconciler {
     ) -> Result<Action, ReconcileError> {
         if let Some(existing) = self.find_attempt_machine(&job, &attempt).await? {
             tracing::info!(machine = %existing.id, "adopting machine created by an earlier pass");
+            let message = format!(
+                "found machine {} of attempt {} created earlier",
+                existing.id, attempt.number
+            );
+            self.event(job.name(), "Normal", "MachineAdopted", &message);
             self.record_machine(job.name(), &existing).await?;
             return Ok(Action::Requeue(self.settings.poll_interval));
         }
 
         let request = self.template.create_request(&job, &attempt);
-        let created = self.fly.create_machine(&request).await;
+        let created = self.fly.create(&request).await;
         let machine = match created {
             Ok(machine) => machine,
             Err(source) if source.is_retryable() => {
@@ -601,6 +647,7 @@ impl JobReconciler {
                 // The API rejected the request itself; count it as a failed attempt.
                 let message = format!("machine create rejected: {source}");
                 tracing::warn!(error = %source, "machine create rejected");
+                self.event(job.name(), "Warning", "MachineCreateFailed", &message);
                 self.record_outcome(
                     job.name(),
                     &attempt,
@@ -612,6 +659,11 @@ impl JobReconciler {
         };
 
         tracing::info!(machine = %machine.id, attempt = attempt.number, "machine created");
+        let message = format!(
+            "created machine {} for attempt {}",
+            machine.id, attempt.number
+        );
+        self.event(job.name(), "Normal", "MachineCreated", &message);
         self.record_machine(job.name(), &machine).await?;
         Ok(Action::Requeue(self.settings.poll_interval))
     }
@@ -623,7 +675,7 @@ impl JobReconciler {
     ) -> Result<Option<Machine>, ReconcileError> {
         let machines = self
             .fly
-            .list_machines()
+            .list()
             .await
             .map_err(ReconcileError::ListMachines)?;
         Ok(machines.into_iter().find(|machine| {
@@ -658,7 +710,7 @@ impl JobReconciler {
             return self.create_machine(job, attempt).await;
         };
 
-        let machine = match self.fly.get_machine(&machine_id).await {
+        let machine = match self.fly.get(&machine_id).await {
             Ok(machine) => machine,
             Err(err) if err.is_not_found() => return self.machine_missing(&job, &attempt).await,
             Err(source) => {
@@ -742,6 +794,8 @@ impl JobReconciler {
                 })
                 .await?;
                 tracing::info!(attempt = attempt.number, "job succeeded");
+                let message = format!("attempt {} succeeded", attempt.number);
+                self.event(job.name(), "Normal", "Succeeded", &message);
             }
             AttemptOutcome::Failed {
                 reason,
@@ -788,6 +842,12 @@ impl JobReconciler {
             delay_seconds = delay.as_secs_f64(),
             "attempt failed; retrying after backoff"
         );
+        let text = format!(
+            "attempt {} failed ({reason}: {message}); retrying in {:.1} s",
+            attempt.number,
+            delay.as_secs_f64()
+        );
+        self.event(job.name(), "Warning", "AttemptFailed", &text);
 
         self.update(job.name(), |stored| {
             stored.attempt = None;
@@ -813,6 +873,7 @@ impl JobReconciler {
         message: &str,
     ) -> Result<(), ReconcileError> {
         tracing::info!(reason, message, "job failed");
+        self.event(name, "Warning", reason, message);
         self.update(name, |stored| {
             let status = &mut stored.job.status;
             status.phase = Phase::Failed;
@@ -850,7 +911,7 @@ impl JobReconciler {
         else {
             return Ok(());
         };
-        match self.fly.get_machine(&machine_id).await {
+        match self.fly.get(&machine_id).await {
             Ok(machine) if is_gone(machine.state) => Ok(()),
             Ok(_) => self.destroy(job.name(), &machine_id).await,
             Err(err) if err.is_not_found() => Ok(()),
@@ -863,9 +924,15 @@ impl JobReconciler {
     }
 
     async fn destroy(&self, job: &str, machine: &str) -> Result<(), ReconcileError> {
-        match self.fly.destroy_machine(machine, true).await {
+        match self.fly.destroy(machine).await {
             Ok(()) => {
                 tracing::info!(job, machine, "machine destroyed");
+                self.event(
+                    job,
+                    "Normal",
+                    "MachineDestroyed",
+                    &format!("destroyed machine {machine}"),
+                );
                 Ok(())
             }
             Err(err) if err.is_not_found() => Ok(()),
@@ -880,15 +947,19 @@ impl JobReconciler {
     async fn update(
         &self,
         name: &str,
-        mut change: impl FnMut(&mut StoredJob),
+        change: impl FnMut(&mut StoredJob),
     ) -> Result<StoredJob, ReconcileError> {
         self.store
-            .update(name, |job| {
-                change(job);
-                true
-            })
+            .update(name, change)
             .await
             .map_err(|err| ReconcileError::Store(name.to_owned(), err))
+    }
+
+    /// Records what the controller did to a job; a failure to record is logged, not returned.
+    fn event(&self, name: &str, kind: &str, reason: &str, message: &str) {
+        if let Err(err) = self.store.record_event(name, kind, reason, message) {
+            tracing::warn!(job = %name, error = %err, "failed to record job event");
+        }
     }
 }
 

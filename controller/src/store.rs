@@ -111,10 +111,26 @@ pub enum ApplyOutcome {
     Unchanged,
 }
 
+/// Something the controller did to a job, and why, as `GET /v1/jobs/{name}/events` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobEvent {
+    pub time: DateTime<Utc>,
+    /// `Normal` or `Warning`, as in Kubernetes events.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// Events kept per job; older ones are dropped.
+const MAX_EVENTS_PER_JOB: usize = 100;
+
 #[derive(Clone)]
 pub struct JobStore {
     db: sled::Db,
     jobs: sled::Tree,
+    events: sled::Tree,
     changes: broadcast::Sender<String>,
 }
 
@@ -126,8 +142,14 @@ impl JobStore {
         };
         let db = sled::open(path).map_err(open_error)?;
         let jobs = db.open_tree("jobs").map_err(open_error)?;
+        let events = db.open_tree("events").map_err(open_error)?;
         let (changes, _) = broadcast::channel(1024);
-        Ok(Self { db, jobs, changes })
+        Ok(Self {
+            db,
+            jobs,
+            events,
+            changes,
+        })
     }
 
     /// Names of jobs changed by users or workers, as they happen.
@@ -186,12 +208,12 @@ impl JobStore {
         Ok((stored, outcome))
     }
 
-    /// Changes a stored job with `change`, which returns false to leave it as it is. Returns
-    /// the job as stored afterwards.
+    /// Changes a stored job with `change`; nothing is written when `change` leaves it as it
+    /// was. Returns the job as stored afterwards.
     pub async fn update(
         &self,
         name: &str,
-        mut change: impl FnMut(&mut StoredJob) -> bool,
+        mut change: impl FnMut(&mut StoredJob),
     ) -> Result<StoredJob, StoreError> {
         self.modify(name, |existing| {
             let mut job = existing?;
@@ -206,18 +228,86 @@ impl JobStore {
     pub async fn update_and_notify(
         &self,
         name: &str,
-        change: impl FnMut(&mut StoredJob) -> bool,
+        change: impl FnMut(&mut StoredJob),
     ) -> Result<StoredJob, StoreError> {
         let stored = self.update(name, change).await?;
         let _ = self.changes.send(name.to_owned());
         Ok(stored)
     }
 
-    pub async fn remove(&self, name: &str) -> Result<bool, StoreError> {
-        let removed = self.jobs.remove(name).map_err(|source| StoreError::Write {
+    /// Appends an event to the job's history. Events are written without a flush: a crash may
+    /// lose the last few, never a job.
+    pub fn record_event(
+        &self,
+        name: &str,
+        kind: &str,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        let write_error = |source| StoreError::Write {
+            name: name.to_owned(),
+            source,
+        };
+        let event = JobEvent {
+            time: Utc::now(),
+            kind: kind.to_owned(),
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+        };
+        let encoded = serde_json::to_vec(&event).map_err(|source| StoreError::Corrupt {
             name: name.to_owned(),
             source,
         })?;
+        let sequence = self.db.generate_id().map_err(write_error)?;
+        self.events
+            .insert(event_key(name, sequence), encoded)
+            .map_err(write_error)?;
+
+        let keys: Vec<sled::IVec> = self
+            .events
+            .scan_prefix(event_prefix(name))
+            .keys()
+            .filter_map(Result::ok)
+            .collect();
+        for key in keys
+            .iter()
+            .take(keys.len().saturating_sub(MAX_EVENTS_PER_JOB))
+        {
+            self.events.remove(key).map_err(write_error)?;
+        }
+        Ok(())
+    }
+
+    /// The job's events, oldest first.
+    pub fn events(&self, name: &str) -> Result<Vec<JobEvent>, StoreError> {
+        let mut events = Vec::new();
+        for entry in self.events.scan_prefix(event_prefix(name)).values() {
+            let bytes = entry.map_err(|source| StoreError::Read {
+                name: name.to_owned(),
+                source,
+            })?;
+            match serde_json::from_slice(&bytes) {
+                Ok(event) => events.push(event),
+                Err(err) => tracing::warn!(job = %name, error = %err, "skipping corrupt event"),
+            }
+        }
+        Ok(events)
+    }
+
+    pub async fn remove(&self, name: &str) -> Result<bool, StoreError> {
+        let write_error = |source| StoreError::Write {
+            name: name.to_owned(),
+            source,
+        };
+        let removed = self.jobs.remove(name).map_err(write_error)?;
+        for key in self
+            .events
+            .scan_prefix(event_prefix(name))
+            .keys()
+            .filter_map(Result::ok)
+        {
+            self.events.remove(key).map_err(write_error)?;
+        }
         self.flush(name).await?;
         let _ = self.changes.send(name.to_owned());
         Ok(removed.is_some())
@@ -276,6 +366,20 @@ impl JobStore {
             })?;
         Ok(())
     }
+}
+
+/// Event keys sort by job, then by sequence: `NAME 0x00 SEQUENCE(big-endian)`. Names cannot
+/// contain a NUL byte, so one job's prefix never matches another's.
+fn event_prefix(name: &str) -> Vec<u8> {
+    let mut prefix = name.as_bytes().to_vec();
+    prefix.push(0);
+    prefix
+}
+
+fn event_key(name: &str, sequence: u64) -> Vec<u8> {
+    let mut key = event_prefix(name);
+    key.extend_from_slice(&sequence.to_be_bytes());
+    key
 }
 
 fn decode(name: &str, bytes: &[u8]) -> Result<StoredJob, StoreError> {
@@ -376,11 +480,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn events_are_kept_per_job_and_capped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = JobStore::open(dir.path()).expect("open");
+        store.apply(job("a", 192)).await.expect("apply");
+
+        for n in 0..(MAX_EVENTS_PER_JOB + 5) {
+            store
+                .record_event("a", "Normal", "Tick", &format!("event {n}"))
+                .expect("record");
+        }
+        store
+            .record_event("ab", "Normal", "Other", "another job")
+            .expect("record");
+        let events = store.events("a").expect("events");
+
+        assert_eq!(events.len(), MAX_EVENTS_PER_JOB);
+        assert_eq!(events[0].message, "event 5");
+        assert_eq!(events.last().map(|e| e.message.as_str()), Some("event 104"));
+    }
+
+    #[tokio::test]
+    async fn remove_drops_the_jobs_events() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = JobStore::open(dir.path()).expect("open");
+        store.apply(job("a", 192)).await.expect("apply");
+        store
+            .record_event("a", "Normal", "Tick", "one")
+            .expect("record");
+
+        assert!(store.remove("a").await.expect("remove"));
+
+        assert_eq!(store.events("a").expect("events"), []);
+    }
+
+    #[tokio::test]
     async fn update_of_missing_job_is_not_found() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = JobStore::open(dir.path()).expect("open");
 
-        let result = store.update("missing", |_| true).await;
+        let result = store.update("missing", |_| {}).await;
 
         assert!(matches!(result, Err(StoreError::NotFound(name)) if name == "missing"));
     }

@@ -1,0 +1,53 @@
+//! `MachineApi`: the reconciler's view of the Fly Machines API, counting every call by action
+//! and status for `/metrics`.
+
+use std::sync::Arc;
+
+use fly_machines::client::{ClientError, FlyClient};
+use fly_machines::types::{CreateMachineRequest, Machine};
+
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct MachineApi {
+    client: FlyClient,
+    metrics: Arc<Metrics>,
+}
+
+impl MachineApi {
+    pub fn new(client: FlyClient, metrics: Arc<Metrics>) -> Self {
+        Self { client, metrics }
+    }
+
+    pub async fn create(&self, request: &CreateMachineRequest) -> Result<Machine, ClientError> {
+        let result = self.client.create_machine(request).await;
+        self.count("create", result)
+    }
+
+    pub async fn list(&self) -> Result<Vec<Machine>, ClientError> {
+        let result = self.client.list_machines().await;
+        self.count("list", result)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Machine, ClientError> {
+        let result = self.client.get_machine(id).await;
+        self.count("get", result)
+    }
+
+    /// Destroys a machine, killing it first if it still runs.
+    pub async fn destroy(&self, id: &str) -> Result<(), ClientError> {
+        let result = self.client.destroy_machine(id, true).await;
+        self.count("destroy", result)
+    }
+
+    fn count<T>(&self, action: &str, result: Result<T, ClientError>) -> Result<T, ClientError> {
+        let status = match &result {
+            Ok(_) => "200".to_owned(),
+            Err(err) => err
+                .status()
+                .map_or_else(|| "error".to_owned(), |status| status.to_string()),
+        };
+        self.metrics.record_api_call(action, &status);
+        result
+    }
+}
