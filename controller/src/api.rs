@@ -76,6 +76,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, Vec::new()),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, Vec::new()),
             ApiError::Store(StoreError::NotFound(_)) => (StatusCode::NOT_FOUND, Vec::new()),
+            ApiError::Store(StoreError::BeingDeleted(_)) => (StatusCode::CONFLICT, Vec::new()),
             ApiError::Store(_) | ApiError::Objects(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, Vec::new())
             }
@@ -219,10 +220,11 @@ async fn delete_job(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if !state.store.remove(&name).await? {
+    // The reconciler destroys the job's machines first, then removes the job.
+    if !state.store.request_deletion(&name).await? {
         return Err(ApiError::NotFound(name));
     }
-    tracing::info!(job = %name, "job deleted");
+    tracing::info!(job = %name, "job deletion requested");
     Ok(Json(json!({ "deleted": name })))
 }
 

@@ -115,6 +115,7 @@ impl LocalSystem {
             image: "transcoder:local".to_owned(),
             controller_url: format!("http://{api_address}"),
             default_region: None,
+            fallback_regions: Vec::new(),
         };
 
         let shutdown = CancellationToken::new();

@@ -3,9 +3,12 @@
 
 use std::sync::Arc;
 
-use fly_machines::client::{ClientError, FlyClient};
+use std::collections::BTreeMap;
+
+use fly_machines::client::{ClientError, FlyClient, ListMachinesQuery};
 use fly_machines::types::{CreateMachineRequest, Machine};
 
+use crate::machine_template::META_JOB;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -26,6 +29,21 @@ impl MachineApi {
 
     pub async fn list(&self) -> Result<Vec<Machine>, ClientError> {
         let result = self.client.list_machines().await;
+        self.count("list", result)
+    }
+
+    /// Lists the machines whose metadata names `job`, destroyed ones too when asked.
+    pub async fn list_for_job(
+        &self,
+        job: &str,
+        include_deleted: bool,
+    ) -> Result<Vec<Machine>, ClientError> {
+        let query = ListMachinesQuery {
+            include_deleted,
+            metadata: BTreeMap::from([(META_JOB.to_owned(), job.to_owned())]),
+            ..Default::default()
+        };
+        let result = self.client.list_machines_matching(&query).await;
         self.count("list", result)
     }
 

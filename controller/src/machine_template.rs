@@ -27,6 +27,8 @@ pub struct MachineTemplate {
     pub controller_url: String,
     /// Region for jobs that name none; `None` lets Fly choose.
     pub default_region: Option<String>,
+    /// Regions tried in turn when the first one has no capacity.
+    pub fallback_regions: Vec<String>,
 }
 
 impl MachineTemplate {
@@ -66,8 +68,22 @@ impl MachineTemplate {
         CreateMachineRequest {
             config,
             name: Some(attempt.machine_name.clone()),
-            region: machine.region.or_else(|| self.default_region.clone()),
+            region: self.region(machine.region, attempt.region_index),
             ..Default::default()
+        }
+    }
+}
+
+impl MachineTemplate {
+    /// True when there is a region to try at `index`: 0 is the job's own, then the fallbacks.
+    pub fn has_region(&self, index: usize) -> bool {
+        index <= self.fallback_regions.len()
+    }
+
+    fn region(&self, job_region: Option<String>, index: usize) -> Option<String> {
+        match index {
+            0 => job_region.or_else(|| self.default_region.clone()),
+            n => self.fallback_regions.get(n - 1).cloned(),
         }
     }
 }

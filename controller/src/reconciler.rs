@@ -111,6 +111,8 @@ pub struct ReconcilerSettings {
     /// Delay before the second attempt; it doubles for each later one.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// How long a machine may stay in a transitional state before it is force-destroyed.
+    pub stuck_after: Duration,
     /// Live machines allowed at once across all jobs.
     pub max_concurrent_machines: usize,
     /// Passes running at once.
@@ -129,6 +131,7 @@ impl Default for ReconcilerSettings {
             max_concurrent_machines: 20,
             max_parallel_reconciles: 8,
             machine_grace: Duration::from_secs(30),
+            stuck_after: Duration::from_secs(300),
         }
     }
 }
@@ -355,6 +358,9 @@ impl JobReconciler {
             return self.clean_up_deleted(name).await;
         };
 
+        if job.job.metadata.deletion_timestamp.is_some() {
+            return self.delete(job).await;
+        }
         if job.job.status.phase.is_finished() {
             return self.finish(job).await;
         }
@@ -378,11 +384,28 @@ impl JobReconciler {
         }
     }
 
-    /// A deleted job's machines are destroyed; the resync sweep catches any this pass misses.
+    /// Destroys every machine of a job whose deletion was requested, then removes the job.
+    async fn delete(&self, job: StoredJob) -> Result<Action, ReconcileError> {
+        self.destroy_machines_of(job.name()).await?;
+        self.store
+            .remove(job.name())
+            .await
+            .map_err(|err| ReconcileError::Store(job.name().to_owned(), err))?;
+        tracing::info!("job deleted");
+        Ok(Action::AwaitChange)
+    }
+
+    /// A job that is gone may still have machines, for example after a crash between the
+    /// removal and the destroy; the resync sweep also catches any this pass misses.
     async fn clean_up_deleted(&self, name: &str) -> Result<Action, ReconcileError> {
+        self.destroy_machines_of(name).await?;
+        Ok(Action::AwaitChange)
+    }
+
+    async fn destroy_machines_of(&self, name: &str) -> Result<(), ReconcileError> {
         let machines = self
             .fly
-            .list()
+            .list_for_job(name, false)
             .await
             .map_err(ReconcileError::ListMachines)?;
         for machine in machines {
@@ -391,7 +414,7 @@ impl JobReconciler {
                 self.destroy(name, &machine.id).await?;
             }
         }
-        Ok(Action::AwaitChange)
+        Ok(())
     }
 
     async fn finish(&self, job: StoredJob) -> Result<Action, ReconcileError> {
@@ -519,6 +542,8 @@ impl JobReconciler {
             machine_id: None,
             instance_id: None,
             created_at: Utc::now(),
+            create_sent_at: None,
+            region_index: 0,
             outcome: None,
         };
 
@@ -540,7 +565,7 @@ impl JobReconciler {
                 );
             })
             .await?;
-        self.create_machine(stored, attempt).await
+        self.send_create(stored, attempt).await
     }
 
     async fn wait_for_source(&self, job: &StoredJob) -> Result<Option<Action>, ReconcileError> {
@@ -614,60 +639,135 @@ impl JobReconciler {
         Ok(live)
     }
 
-    /// Creates the attempt's machine, unless a machine for it already exists because an earlier
-    /// create succeeded without its response reaching us.
-    async fn create_machine(
+    /// Creates the machine of an attempt whose earlier create failed or went unanswered. A
+    /// create may have succeeded without its response reaching us, so the machine is looked up
+    /// by its metadata first, and a new create waits out the grace period in which Fly's
+    /// eventually consistent list may not show it yet.
+    async fn resume_create(
         &self,
         job: StoredJob,
         attempt: AttemptRecord,
     ) -> Result<Action, ReconcileError> {
-        if let Some(existing) = self.find_attempt_machine(&job, &attempt).await? {
-            tracing::info!(machine = %existing.id, "adopting machine created by an earlier pass");
-            let message = format!(
-                "found machine {} of attempt {} created earlier",
-                existing.id, attempt.number
-            );
-            self.event(job.name(), "Normal", "MachineAdopted", &message);
-            self.record_machine(job.name(), &existing).await?;
-            return Ok(Action::Requeue(self.settings.poll_interval));
-        }
-
-        let request = self.template.create_request(&job, &attempt);
-        let created = self.fly.create(&request).await;
-        let machine = match created {
-            Ok(machine) => machine,
-            Err(source) if source.is_retryable() => {
-                return Err(ReconcileError::CreateMachine {
-                    job: job.name().to_owned(),
-                    machine: attempt.machine_name,
-                    source,
-                });
-            }
-            Err(source) => {
-                // The API rejected the request itself; count it as a failed attempt.
-                let message = format!("machine create rejected: {source}");
-                tracing::warn!(error = %source, "machine create rejected");
-                self.event(job.name(), "Warning", "MachineCreateFailed", &message);
-                self.record_outcome(
-                    job.name(),
-                    &attempt,
-                    failure("MachineCreateFailed", &message, false),
-                )
-                .await?;
-                return Ok(Action::Requeue(Duration::ZERO));
-            }
+        let Some(sent_at) = attempt.create_sent_at else {
+            return self.send_create(job, attempt).await;
         };
+        if let Some(existing) = self.find_attempt_machine(&job, &attempt).await? {
+            return self.adopt(&job, &attempt, &existing).await;
+        }
+        let since = (Utc::now() - sent_at).to_std().unwrap_or(Duration::ZERO);
+        if since < self.settings.machine_grace {
+            return Ok(Action::Requeue(Duration::from_secs(1)));
+        }
+        self.send_create(job, attempt).await
+    }
 
-        tracing::info!(machine = %machine.id, attempt = attempt.number, "machine created");
+    async fn adopt(
+        &self,
+        job: &StoredJob,
+        attempt: &AttemptRecord,
+        machine: &Machine,
+    ) -> Result<Action, ReconcileError> {
+        tracing::info!(machine = %machine.id, "adopting machine created by an earlier pass");
         let message = format!(
-            "created machine {} for attempt {}",
+            "found machine {} of attempt {} created earlier",
             machine.id, attempt.number
         );
-        self.event(job.name(), "Normal", "MachineCreated", &message);
-        self.record_machine(job.name(), &machine).await?;
+        self.event(job.name(), "Normal", "MachineAdopted", &message);
+        self.record_machine(job.name(), machine).await?;
         Ok(Action::Requeue(self.settings.poll_interval))
     }
 
+    /// Sends the create request, after recording durably that it is about to be sent.
+    async fn send_create(
+        &self,
+        job: StoredJob,
+        attempt: AttemptRecord,
+    ) -> Result<Action, ReconcileError> {
+        let sent_at = Utc::now();
+        self.update_attempt(job.name(), attempt.number, |current| {
+            current.create_sent_at = Some(sent_at);
+        })
+        .await?;
+
+        let request = self.template.create_request(&job, &attempt);
+        let source = match self.fly.create(&request).await {
+            Ok(machine) => {
+                tracing::info!(machine = %machine.id, attempt = attempt.number, region = machine.region.as_deref().unwrap_or(""), "machine created");
+                let message = format!(
+                    "created machine {} for attempt {}",
+                    machine.id, attempt.number
+                );
+                self.event(job.name(), "Normal", "MachineCreated", &message);
+                self.record_machine(job.name(), &machine).await?;
+                return Ok(Action::Requeue(self.settings.poll_interval));
+            }
+            Err(source) => source,
+        };
+        self.create_failed(job, attempt, source).await
+    }
+
+    /// Decides what a failed create means: the machine exists already, the region is full, a
+    /// transient failure, or a request the API will never accept.
+    async fn create_failed(
+        &self,
+        job: StoredJob,
+        attempt: AttemptRecord,
+        source: ClientError,
+    ) -> Result<Action, ReconcileError> {
+        if source.status() == Some(409) {
+            // The name is taken: our own machine, created by a create whose response was lost.
+            if let Some(existing) = self.find_attempt_machine(&job, &attempt).await? {
+                return self.adopt(&job, &attempt, &existing).await;
+            }
+        }
+
+        if is_capacity_error(&source) && self.template.has_region(attempt.region_index + 1) {
+            let next = attempt.region_index + 1;
+            tracing::warn!(error = %source, region_index = next, "no capacity; trying the next region");
+            self.event(
+                job.name(),
+                "Warning",
+                "NoCapacity",
+                &format!("{source}; trying the next region"),
+            );
+            self.update_attempt(job.name(), attempt.number, |current| {
+                current.region_index = next;
+                current.create_sent_at = None;
+            })
+            .await?;
+            return Ok(Action::Requeue(Duration::ZERO));
+        }
+
+        if source.is_retryable() {
+            if matches!(source.status(), Some(status) if status < 500) {
+                // A 429 means the create was not performed; the next pass need not look it up.
+                self.update_attempt(job.name(), attempt.number, |current| {
+                    current.create_sent_at = None
+                })
+                .await?;
+            }
+            return Err(ReconcileError::CreateMachine {
+                job: job.name().to_owned(),
+                machine: attempt.machine_name,
+                source,
+            });
+        }
+
+        // The API rejected the request itself; count it as a failed attempt.
+        let message = format!("machine create rejected: {source}");
+        tracing::warn!(error = %source, "machine create rejected");
+        self.event(job.name(), "Warning", "MachineCreateFailed", &message);
+        self.record_outcome(
+            job.name(),
+            &attempt,
+            failure("MachineCreateFailed", &message, false),
+        )
+        .await?;
+        Ok(Action::Requeue(Duration::ZERO))
+    }
+
+    /// Finds the attempt's machine by metadata, destroyed ones included so that an exit that
+    /// happened before we learned the machine's id is still seen.
     async fn find_attempt_machine(
         &self,
         job: &StoredJob,
@@ -675,13 +775,27 @@ impl JobReconciler {
     ) -> Result<Option<Machine>, ReconcileError> {
         let machines = self
             .fly
-            .list()
+            .list_for_job(job.name(), true)
             .await
             .map_err(ReconcileError::ListMachines)?;
         Ok(machines.into_iter().find(|machine| {
-            !is_gone(machine.state)
-                && AttemptRef::of(machine).is_some_and(|owner| owner.matches(job, attempt))
+            AttemptRef::of(machine).is_some_and(|owner| owner.matches(job, attempt))
         }))
+    }
+
+    async fn update_attempt(
+        &self,
+        name: &str,
+        number: u32,
+        mut change: impl FnMut(&mut AttemptRecord),
+    ) -> Result<(), ReconcileError> {
+        self.update(name, |stored| {
+            if let Some(current) = stored.attempt.as_mut().filter(|a| a.number == number) {
+                change(current);
+            }
+        })
+        .await?;
+        Ok(())
     }
 
     async fn record_machine(&self, name: &str, machine: &Machine) -> Result<(), ReconcileError> {
@@ -707,7 +821,7 @@ impl JobReconciler {
             return self.settle_attempt(job, attempt, outcome).await;
         }
         let Some(machine_id) = attempt.machine_id.clone() else {
-            return self.create_machine(job, attempt).await;
+            return self.resume_create(job, attempt).await;
         };
 
         let machine = match self.fly.get(&machine_id).await {
@@ -726,7 +840,7 @@ impl JobReconciler {
             machine.state,
             MachineState::Stopped | MachineState::Destroyed | MachineState::Failed
         ) {
-            return Ok(Action::Requeue(self.settings.poll_interval));
+            return self.check_stuck(&job, &attempt, &machine).await;
         }
         let Some(exit) = machine.exit_event() else {
             if machine.state == MachineState::Stopped {
@@ -748,6 +862,47 @@ impl JobReconciler {
 
         let outcome = outcome_from_exit(&machine_id, exit.exit_code, exit.oom_killed);
         self.record_outcome(job.name(), &attempt, outcome).await?;
+        Ok(Action::Requeue(Duration::ZERO))
+    }
+
+    /// Force-destroys a machine that has sat in a transitional state (created, starting,
+    /// stopping, ...) for longer than `stuck_after`; a started machine is left to the worker
+    /// and the job's deadline.
+    async fn check_stuck(
+        &self,
+        job: &StoredJob,
+        attempt: &AttemptRecord,
+        machine: &Machine,
+    ) -> Result<Action, ReconcileError> {
+        let poll = Action::Requeue(self.settings.poll_interval);
+        if machine.state == MachineState::Started {
+            return Ok(poll);
+        }
+        let since = machine
+            .updated_at
+            .as_deref()
+            .and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok())
+            .map(|time| time.with_timezone(&Utc))
+            .unwrap_or(attempt.created_at);
+        let stuck_for = (Utc::now() - since).to_std().unwrap_or(Duration::ZERO);
+        if stuck_for < self.settings.stuck_after {
+            return Ok(poll);
+        }
+
+        let message = format!(
+            "machine {} stayed {} for {} s",
+            machine.id,
+            machine.state,
+            stuck_for.as_secs()
+        );
+        tracing::warn!(machine = %machine.id, state = %machine.state, "force-destroying stuck machine");
+        self.destroy(job.name(), &machine.id).await?;
+        self.record_outcome(
+            job.name(),
+            attempt,
+            failure("MachineStuck", &message, false),
+        )
+        .await?;
         Ok(Action::Requeue(Duration::ZERO))
     }
 
@@ -961,6 +1116,20 @@ impl JobReconciler {
             tracing::warn!(job = %name, error = %err, "failed to record job event");
         }
     }
+}
+
+/// True for the error shapes Fly uses when a region has no room for the machine.
+fn is_capacity_error(error: &ClientError) -> bool {
+    let text = error.to_string().to_ascii_lowercase();
+    let capacity_words = [
+        "insufficient",
+        "capacity",
+        "could not reserve",
+        "no available",
+        "out of resources",
+    ];
+    matches!(error.status(), Some(409 | 412 | 422 | 503))
+        && capacity_words.iter().any(|word| text.contains(word))
 }
 
 fn is_gone(state: MachineState) -> bool {

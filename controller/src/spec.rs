@@ -67,6 +67,9 @@ pub struct ObjectMeta {
     pub generation: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_timestamp: Option<DateTime<Utc>>,
+    /// Set when deletion was requested; the job goes away once its machines are destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_timestamp: Option<DateTime<Utc>>,
 }
 
 /// What the user wants: the desired state.

@@ -41,6 +41,8 @@ pub enum StoreError {
     },
     #[error("job {0:?} not found")]
     NotFound(String),
+    #[error("job {0:?} is being deleted; apply it again once it is gone")]
+    BeingDeleted(String),
 }
 
 /// A job with the controller's private bookkeeping.
@@ -85,6 +87,15 @@ pub struct AttemptRecord {
     #[serde(default)]
     pub instance_id: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// When the last create request for the machine was sent. A create whose response was
+    /// lost may still have made the machine, so a later pass looks it up before sending
+    /// another.
+    #[serde(default)]
+    pub create_sent_at: Option<DateTime<Utc>>,
+    /// Which region the machine is created in: 0 for the job's own, then each fallback region
+    /// in turn after a capacity error.
+    #[serde(default)]
+    pub region_index: usize,
     /// The worker's final report, once it arrived.
     #[serde(default)]
     pub outcome: Option<AttemptOutcome>,
@@ -192,15 +203,26 @@ impl JobStore {
     ) -> Result<(StoredJob, ApplyOutcome), StoreError> {
         let name = applied.metadata.name.clone();
         let mut outcome = ApplyOutcome::Unchanged;
+        let mut deleting = false;
 
         let stored = self
             .modify(&name, |existing| {
+                if existing
+                    .as_ref()
+                    .is_some_and(|job| job.job.metadata.deletion_timestamp.is_some())
+                {
+                    deleting = true;
+                    return None;
+                }
                 let (next, result) = merge_applied(existing, applied.clone());
                 outcome = result;
                 Some(next)
             })
             .await?
             .ok_or_else(|| StoreError::NotFound(name.clone()))?;
+        if deleting {
+            return Err(StoreError::BeingDeleted(name));
+        }
 
         if outcome != ApplyOutcome::Unchanged {
             let _ = self.changes.send(name);
@@ -292,6 +314,24 @@ impl JobStore {
             }
         }
         Ok(events)
+    }
+
+    /// Marks a job for deletion; the reconciler destroys its machines and then removes it.
+    /// Returns false when there is no such job.
+    pub async fn request_deletion(&self, name: &str) -> Result<bool, StoreError> {
+        let result = self
+            .update_and_notify(name, |job| {
+                job.job
+                    .metadata
+                    .deletion_timestamp
+                    .get_or_insert_with(Utc::now);
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(StoreError::NotFound(_)) => Ok(false),
+            Err(err) => Err(err),
+        }
     }
 
     pub async fn remove(&self, name: &str) -> Result<bool, StoreError> {
@@ -398,6 +438,7 @@ fn merge_applied(
         applied.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
         applied.metadata.generation = Some(1);
         applied.metadata.creation_timestamp = Some(Utc::now());
+        applied.metadata.deletion_timestamp = None;
         let stored = StoredJob {
             job: applied,
             attempt: None,

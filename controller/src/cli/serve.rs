@@ -149,6 +149,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         image: checked.image,
         controller_url: checked.public_url,
         default_region: args.region.clone(),
+        fallback_regions: Vec::new(),
     };
     let settings = ReconcilerSettings {
         max_concurrent_machines: args.max_concurrent_machines,
