@@ -86,7 +86,9 @@ fn run_job() -> i32 {
             return EXIT_USAGE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The async side only moves bytes and posts callbacks; decoding and encoding have their own
+    // threads, so one runtime thread keeps memory lowest.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

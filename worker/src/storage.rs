@@ -12,14 +12,14 @@ use futures::StreamExt;
 use protocol::PresignedRequest;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH};
 use reqwest::Method;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::io::ReaderStream;
 
 use crate::controller_client::check_status;
 use crate::retry::{redact, with_retries, HttpError};
 
-/// Chunks of the source body buffered between the download and the decoder.
-const CHUNKS_IN_FLIGHT: usize = 16;
+/// Source bytes buffered between the download and the decoder.
+pub const BYTES_IN_FLIGHT: usize = 4 << 20;
 
 /// Download state shared between the body pump, the decoder and progress reports.
 #[derive(Default)]
@@ -56,55 +56,76 @@ pub async fn open_source(
     .await
 }
 
-/// Copies the response body into a channel and returns the reader for the decoder.
+/// Copies the response body into a channel and returns the reader for the decoder. At most
+/// [`BYTES_IN_FLIGHT`] bytes wait in the channel, whatever size the body's chunks have.
 pub fn stream_body(response: reqwest::Response, state: Arc<DownloadState>) -> ChannelReader {
-    let (sender, receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);
-    let url = redact(response.url().as_str());
-    tokio::spawn(async move {
-        let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let item = match chunk {
-                Ok(bytes) => {
-                    state
-                        .received
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    Ok(bytes)
-                }
-                Err(err) => {
-                    let received = state.received.load(Ordering::Relaxed);
-                    let message =
-                        format!("download of {url} broke off after {received} bytes: {err}");
-                    tracing::warn!(url = %url, received, error = %err, "source download failed");
-                    if let Ok(mut slot) = state.failure.lock() {
-                        *slot = Some(message.clone());
-                    }
-                    Err(io::Error::other(message))
-                }
-            };
-            let failed = item.is_err();
-            // A closed channel means the decoder stopped reading; nothing more is needed.
-            if sender.send(item).await.is_err() || failed {
-                break;
-            }
-        }
-    });
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let budget = Arc::new(Semaphore::new(BYTES_IN_FLIGHT));
+    tokio::spawn(pump_body(response, sender, budget, state));
     ChannelReader {
         receiver,
         current: Bytes::new(),
+        _permit: None,
+    }
+}
+
+/// A chunk of the body and the share of the byte budget it holds until the decoder is done
+/// with it.
+type BodyChunk = io::Result<(Bytes, OwnedSemaphorePermit)>;
+
+async fn pump_body(
+    response: reqwest::Response,
+    sender: mpsc::UnboundedSender<BodyChunk>,
+    budget: Arc<Semaphore>,
+    state: Arc<DownloadState>,
+) {
+    let url = redact(response.url().as_str());
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let bytes = match chunk {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                let received = state.received.load(Ordering::Relaxed);
+                tracing::warn!(url = %url, received, error = %err, "source download failed");
+                let message = format!("download of {url} broke off after {received} bytes: {err}");
+                if let Ok(mut slot) = state.failure.lock() {
+                    *slot = Some(message.clone());
+                }
+                let _ = sender.send(Err(io::Error::other(message)));
+                return;
+            }
+        };
+
+        let share = bytes.len().clamp(1, BYTES_IN_FLIGHT) as u32;
+        let Ok(permit) = Arc::clone(&budget).acquire_many_owned(share).await else {
+            return;
+        };
+        state
+            .received
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        // A closed channel means the decoder stopped reading, so nothing more is needed.
+        if sender.send(Ok((bytes, permit))).is_err() {
+            return;
+        }
     }
 }
 
 /// The decoder's side of the source stream; blocks until the download delivers bytes.
 pub struct ChannelReader {
-    receiver: mpsc::Receiver<io::Result<Bytes>>,
+    receiver: mpsc::UnboundedReceiver<BodyChunk>,
     current: Bytes,
+    /// Budget held by `current`, released when the next chunk replaces it.
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
             match self.receiver.blocking_recv() {
-                Some(Ok(bytes)) => self.current = bytes,
+                Some(Ok((bytes, permit))) => {
+                    self.current = bytes;
+                    self._permit = Some(permit);
+                }
                 Some(Err(err)) => return Err(err),
                 None => return Ok(0),
             }
