@@ -676,3 +676,146 @@ pub fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     }
     Ok(filled)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(id: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let mut bytes = id.to_vec();
+        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(body);
+        if body.len() % 2 == 1 {
+            bytes.push(0);
+        }
+        bytes
+    }
+
+    fn mend_bytes(file: &[u8]) -> Result<(Vec<u8>, WavFacts), WavHeaderError> {
+        let mut start = [0u8; 12];
+        start.copy_from_slice(&file[..12]);
+        let mut mended = mend(start, &file[12..])?;
+        let facts = mended.facts.clone();
+        let mut out = Vec::new();
+        mended.read_to_end(&mut out).expect("read mended stream");
+        Ok((out, facts))
+    }
+
+    fn wave(chunks: &[Vec<u8>]) -> Vec<u8> {
+        let mut file = b"RIFF\0\0\0\0WAVE".to_vec();
+        for bytes in chunks {
+            file.extend_from_slice(bytes);
+        }
+        file
+    }
+
+    fn pcm_fmt(bits: u16, block_align: u16, extra: &[u8]) -> Vec<u8> {
+        let mut body = basic_fmt(TAG_PCM, 1, 8000, bits, None);
+        body[12..14].copy_from_slice(&block_align.to_le_bytes());
+        body.extend_from_slice(extra);
+        body
+    }
+
+    #[test]
+    fn canonical_header_keeps_data_size_and_drops_other_chunks() {
+        let file = wave(&[
+            chunk(b"JUNK", &[0; 7]),
+            chunk(b"fmt ", &pcm_fmt(16, 2, &[])),
+            chunk(b"data", &[1, 2, 3, 4]),
+            chunk(b"LIST", b"trailing"),
+        ]);
+
+        let (out, facts) = mend_bytes(&file).expect("mend");
+
+        let mut expected = b"RIFF\xff\xff\xff\xffWAVE".to_vec();
+        expected.extend_from_slice(&chunk(b"fmt ", &pcm_fmt(16, 2, &[])));
+        expected.extend_from_slice(&chunk(b"data", &[1, 2, 3, 4]));
+        assert_eq!(out, expected);
+        assert_eq!(facts.data_bytes, Some(4));
+    }
+
+    #[test]
+    fn unknown_data_size_reads_to_end() {
+        let mut file = wave(&[chunk(b"fmt ", &pcm_fmt(16, 2, &[]))]);
+        file.extend_from_slice(b"data\xff\xff\xff\xff\x01\x02\x03\x04\x05\x06");
+
+        let (out, facts) = mend_bytes(&file).expect("mend");
+
+        assert!(out.ends_with(b"data\xff\xff\xff\xff\x01\x02\x03\x04\x05\x06"));
+        assert_eq!(facts.data_bytes, None);
+    }
+
+    #[test]
+    fn data_before_fmt_is_spooled() {
+        let file = wave(&[
+            chunk(b"data", &[9, 8, 7, 6]),
+            chunk(b"fmt ", &pcm_fmt(16, 2, &[])),
+        ]);
+
+        let (out, facts) = mend_bytes(&file).expect("mend");
+
+        assert!(out.ends_with(b"data\x04\0\0\0\x09\x08\x07\x06"), "{out:?}");
+        assert!(facts.repairs.iter().any(|r| r.contains("spooled")));
+    }
+
+    #[test]
+    fn mulaw_fmt_is_rewritten_at_18_bytes() {
+        let mut fmt = basic_fmt(TAG_MULAW, 1, 8000, 8, Some(2));
+        fmt.extend_from_slice(&[0, 0]);
+        let file = wave(&[chunk(b"fmt ", &fmt), chunk(b"data", &[0xFF; 4])]);
+
+        let (out, _) = mend_bytes(&file).expect("mend");
+
+        assert_eq!(&out[12..20], b"fmt \x12\0\0\0");
+    }
+
+    #[test]
+    fn pcm_64_bit_keeps_top_four_bytes() {
+        let sample = 0x1122_3344_5566_7788u64.to_le_bytes();
+        let file = wave(&[
+            chunk(b"fmt ", &pcm_fmt(64, 8, &[])),
+            chunk(b"data", &sample),
+        ]);
+
+        let (out, facts) = mend_bytes(&file).expect("mend");
+
+        assert!(out.ends_with(b"data\x04\0\0\0\x44\x33\x22\x11"), "{out:?}");
+        assert!(facts
+            .repairs
+            .iter()
+            .any(|r| r.contains("64-bit PCM narrowed")));
+    }
+
+    #[test]
+    fn header_errors_name_the_value() {
+        let zero_channels = {
+            let mut fmt = pcm_fmt(16, 2, &[]);
+            fmt[2..4].copy_from_slice(&0u16.to_le_bytes());
+            wave(&[chunk(b"fmt ", &fmt), chunk(b"data", &[0; 4])])
+        };
+        let truncated = wave(&[b"fmt \x10\0\0\0\x01\0".to_vec()]);
+        let no_data = wave(&[chunk(b"fmt ", &pcm_fmt(16, 2, &[]))]);
+        let bad_id = wave(&[b"f\0\0\0\0\0\0\0".to_vec()]);
+
+        let message = |file: &[u8]| {
+            mend_bytes(file)
+                .map(|_| ())
+                .expect_err("rejected")
+                .to_string()
+        };
+
+        assert_eq!(
+            message(&zero_channels),
+            "invalid channel count 0; allowed: 1 to 26"
+        );
+        assert_eq!(
+            message(&truncated),
+            "WAV header is truncated at byte 22, inside the fmt chunk"
+        );
+        assert_eq!(message(&no_data), "the WAV file ends before its data chunk");
+        assert_eq!(
+            message(&bad_id),
+            "malformed RIFF chunk id \"f\\0\\0\\0\" at byte 12"
+        );
+    }
+}

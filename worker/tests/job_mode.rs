@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use audio::{decode_mp3, mp3_frame_samples, sine_wav};
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use protocol::{
@@ -32,6 +33,11 @@ struct Recorded {
     source: Vec<u8>,
     /// Source GETs to answer with this status before serving the bytes.
     source_failures: Vec<StatusCode>,
+    /// Break the source connection after this many bytes.
+    source_cut_after: Option<usize>,
+    /// Output PUTs to answer with this status before accepting one.
+    output_failures: Vec<StatusCode>,
+    output_requests: usize,
     /// Status every callback gets; `None` accepts them.
     callback_status: Option<StatusCode>,
     source_requests: usize,
@@ -156,7 +162,7 @@ async fn callback(
     recorded.callback_status.unwrap_or(StatusCode::NO_CONTENT)
 }
 
-async fn source(State(recorded): State<Shared>, headers: HeaderMap) -> Result<Vec<u8>, StatusCode> {
+async fn source(State(recorded): State<Shared>, headers: HeaderMap) -> Response {
     let mut recorded = recorded.lock().expect("lock");
     recorded.source_requests += 1;
     if headers
@@ -164,12 +170,25 @@ async fn source(State(recorded): State<Shared>, headers: HeaderMap) -> Result<Ve
         .and_then(|v| v.to_str().ok())
         != Some(SOURCE_SIGNATURE)
     {
-        return Err(StatusCode::FORBIDDEN);
+        return StatusCode::FORBIDDEN.into_response();
     }
     if !recorded.source_failures.is_empty() {
-        return Err(recorded.source_failures.remove(0));
+        return recorded.source_failures.remove(0).into_response();
     }
-    Ok(recorded.source.clone())
+    let Some(cut) = recorded.source_cut_after else {
+        return recorded.source.clone().into_response();
+    };
+
+    // Promise the whole file, send part of it, then break the connection.
+    let head = Bytes::copy_from_slice(&recorded.source[..cut]);
+    let pieces: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(head),
+        Err(std::io::Error::other("connection dropped by the test")),
+    ];
+    Response::builder()
+        .header("content-length", recorded.source.len())
+        .body(Body::from_stream(futures::stream::iter(pieces)))
+        .expect("response")
 }
 
 async fn output(State(recorded): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
@@ -179,7 +198,12 @@ async fn output(State(recorded): State<Shared>, headers: HeaderMap, body: Bytes)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    recorded.lock().expect("lock").uploads.push(Upload {
+    let mut recorded = recorded.lock().expect("lock");
+    recorded.output_requests += 1;
+    if !recorded.output_failures.is_empty() {
+        return recorded.output_failures.remove(0);
+    }
+    recorded.uploads.push(Upload {
         content_length: header("content-length"),
         content_type: header("content-type"),
         body: body.to_vec(),
@@ -356,4 +380,55 @@ async fn undeliverable_callbacks_keep_exit_code() {
         .callbacks
         .iter()
         .any(|callback| matches!(callback, Callback::Succeeded(_))));
+}
+
+/// A download that breaks off mid-stream is a transient failure, with exit code 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_download_is_retryable() {
+    let source = sine_wav(44100, 2, 441_000);
+    let servers = FakeServers::start(Recorded {
+        source_cut_after: Some(source.len() / 3),
+        source,
+        ..Default::default()
+    })
+    .await;
+
+    let code = servers.run_worker(EXIT_RETRYABLE).await;
+
+    let recorded = servers.recorded();
+    assert_eq!(code, EXIT_RETRYABLE, "callbacks: {:?}", recorded.callbacks);
+    assert!(recorded.uploads.is_empty());
+    let Callback::Failed {
+        reason,
+        permanent,
+        message,
+    } = last_callback(&recorded)
+    else {
+        panic!("last callback is not Failed: {:?}", recorded.callbacks);
+    };
+    assert_eq!(reason, "SourceUnavailable");
+    assert!(!*permanent);
+    assert!(message.contains("broke off"), "{message}");
+}
+
+/// A failed upload is retried and the attempt still succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_5xx_is_retried() {
+    let servers = FakeServers::start(Recorded {
+        source: sine_wav(22050, 1, 22_050),
+        output_failures: vec![StatusCode::SERVICE_UNAVAILABLE],
+        ..Default::default()
+    })
+    .await;
+
+    let code = servers.run_worker(EXIT_SUCCEEDED).await;
+
+    let recorded = servers.recorded();
+    assert_eq!(code, EXIT_SUCCEEDED, "callbacks: {:?}", recorded.callbacks);
+    assert_eq!(recorded.output_requests, 2);
+    assert_eq!(recorded.uploads.len(), 1);
+    let Callback::Succeeded(result) = last_callback(&recorded) else {
+        panic!("last callback is not Succeeded: {:?}", recorded.callbacks);
+    };
+    assert_eq!(result.bytes, recorded.uploads[0].body.len() as u64);
 }

@@ -42,6 +42,96 @@ pub fn wav_file(tag: u16, channels: u16, sample_rate: u32, bits: u16, data: &[u8
     file
 }
 
+/// A RIFF/WAVE file assembled chunk by chunk, for headers that real writers get wrong.
+pub struct RiffBuilder {
+    marker: [u8; 4],
+    riff_size: Option<u32>,
+    chunks: Vec<u8>,
+}
+
+impl RiffBuilder {
+    /// Starts a file with `marker` ("RIFF", "RF64", "BW64" or "RIFX").
+    pub fn new(marker: &[u8; 4]) -> Self {
+        Self {
+            marker: *marker,
+            riff_size: None,
+            chunks: Vec::new(),
+        }
+    }
+
+    /// Writes `size` in the RIFF header instead of the true size.
+    pub fn riff_size(mut self, size: u32) -> Self {
+        self.riff_size = Some(size);
+        self
+    }
+
+    /// Appends a chunk whose size field is the body's length, with a pad byte if odd.
+    pub fn chunk(self, id: &[u8; 4], body: &[u8]) -> Self {
+        let size = body.len() as u32;
+        self.chunk_with_size(id, size, body)
+    }
+
+    /// Appends a chunk whose size field is `size`, whatever the body's length.
+    pub fn chunk_with_size(mut self, id: &[u8; 4], size: u32, body: &[u8]) -> Self {
+        self.chunks.extend_from_slice(id);
+        self.chunks.extend_from_slice(&size.to_le_bytes());
+        self.chunks.extend_from_slice(body);
+        if body.len() % 2 == 1 {
+            self.chunks.push(0);
+        }
+        self
+    }
+
+    pub fn build(self) -> Vec<u8> {
+        let size = self.riff_size.unwrap_or(4 + self.chunks.len() as u32);
+        let mut file = Vec::with_capacity(12 + self.chunks.len());
+        file.extend_from_slice(&self.marker);
+        file.extend_from_slice(&size.to_le_bytes());
+        file.extend_from_slice(b"WAVE");
+        file.extend_from_slice(&self.chunks);
+        file
+    }
+}
+
+/// A fmt chunk body: the 16 standard bytes followed by `extension`.
+pub fn fmt_body(
+    tag: u16,
+    channels: u16,
+    sample_rate: u32,
+    block_align: u16,
+    bits: u16,
+    extension: &[u8],
+) -> Vec<u8> {
+    let mut body = Vec::with_capacity(16 + extension.len());
+    body.extend_from_slice(&tag.to_le_bytes());
+    body.extend_from_slice(&channels.to_le_bytes());
+    body.extend_from_slice(&sample_rate.to_le_bytes());
+    body.extend_from_slice(&(sample_rate.saturating_mul(u32::from(block_align))).to_le_bytes());
+    body.extend_from_slice(&block_align.to_le_bytes());
+    body.extend_from_slice(&bits.to_le_bytes());
+    body.extend_from_slice(extension);
+    body
+}
+
+/// The extension of a WAVE_FORMAT_EXTENSIBLE fmt chunk with a standard sub-format GUID.
+pub fn extensible_extension(valid_bits: u16, channel_mask: u32, sub_format: u16) -> Vec<u8> {
+    let mut extension = Vec::with_capacity(24);
+    extension.extend_from_slice(&22u16.to_le_bytes());
+    extension.extend_from_slice(&valid_bits.to_le_bytes());
+    extension.extend_from_slice(&channel_mask.to_le_bytes());
+    extension.extend_from_slice(&sub_format.to_le_bytes());
+    extension.extend_from_slice(&[
+        0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xaa, 0x00, 0x38, 0x9b, 0x71,
+    ]);
+    extension
+}
+
+/// `frames` frames of a 440 Hz sine at half scale as 16-bit little-endian samples.
+pub fn sine_s16(sample_rate: u32, channels: u16, frames: u32) -> Vec<u8> {
+    let wav = sine_wav(sample_rate, channels, frames);
+    wav[44..].to_vec()
+}
+
 /// What an MP3 decodes to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodedMp3 {
