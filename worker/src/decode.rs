@@ -13,6 +13,7 @@ use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
 use thiserror::Error;
 
+use crate::mp4_edit::EditTrim;
 use crate::wav_header::{MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ};
 
 /// Channels accepted from any container.
@@ -95,6 +96,18 @@ pub struct DecodeStats {
     pub frames: u64,
     pub non_finite_samples: u64,
     pub skipped_packets: u64,
+    /// Leading frames dropped as encoder priming.
+    pub priming_frames: u64,
+}
+
+/// The true extent of the audio, where the container states it apart from the codec's
+/// padding.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Trim {
+    /// Most frames to return, from a WAV fact chunk.
+    pub frame_limit: Option<u64>,
+    /// An MP4 edit list, applied once the sample rate is known.
+    pub edit: Option<EditTrim>,
 }
 
 /// A decoder for the first audio track of an input.
@@ -104,18 +117,17 @@ pub struct SourceDecoder {
     track_id: u32,
     codec_name: String,
     frame_limit: Option<u64>,
+    edit: Option<EditTrim>,
+    /// Leading frames still to drop.
+    skip_left: u64,
     packets: u64,
     spec: Option<StreamSpec>,
     pub stats: DecodeStats,
 }
 
 impl SourceDecoder {
-    /// Probes `media` and creates a decoder. `frame_limit` caps the frames returned, for
-    /// containers that state the true length apart from block padding (WAV's fact chunk).
-    pub fn open(
-        media: Box<dyn MediaSource>,
-        frame_limit: Option<u64>,
-    ) -> Result<Self, DecodeError> {
+    /// Probes `media` and creates a decoder that returns the frames `trim` leaves.
+    pub fn open(media: Box<dyn MediaSource>, trim: Trim) -> Result<Self, DecodeError> {
         let stream = MediaSourceStream::new(media, Default::default());
         let format = symphonia::default::get_probe()
             .probe(
@@ -153,7 +165,9 @@ impl SourceDecoder {
             decoder,
             track_id,
             codec_name,
-            frame_limit,
+            frame_limit: trim.frame_limit,
+            edit: trim.edit,
+            skip_left: 0,
             packets: 0,
             spec: None,
             stats: DecodeStats::default(),
@@ -208,7 +222,9 @@ impl SourceDecoder {
             };
             buffer.copy_to_vecs_planar::<f32>(planes);
             self.accept_block(&spec, planes)?;
-            return Ok(Some(spec));
+            if planes.first().is_some_and(|plane| !plane.is_empty()) {
+                return Ok(Some(spec));
+            }
         }
     }
 
@@ -238,7 +254,8 @@ impl SourceDecoder {
         }
     }
 
-    /// Validates the block's spec, trims it to the frame limit and silences non-finite samples.
+    /// Validates the block's spec, trims it to the container's extent and silences non-finite
+    /// samples.
     fn accept_block(
         &mut self,
         spec: &StreamSpec,
@@ -254,10 +271,21 @@ impl SourceDecoder {
             Some(_) => {}
             None => {
                 validate_spec(spec)?;
+                self.apply_edit(spec.sample_rate_hz);
                 self.spec = Some(spec.clone());
             }
         }
 
+        if self.skip_left > 0 {
+            let dropped = self
+                .skip_left
+                .min(planes.first().map_or(0, Vec::len) as u64);
+            for plane in planes.iter_mut() {
+                plane.drain(..dropped as usize);
+            }
+            self.skip_left -= dropped;
+            self.stats.priming_frames += dropped;
+        }
         if let Some(limit) = self.frame_limit {
             let allowed = limit.saturating_sub(self.stats.frames) as usize;
             for plane in planes.iter_mut() {
@@ -272,6 +300,17 @@ impl SourceDecoder {
         }
         self.stats.frames += planes.first().map_or(0, Vec::len) as u64;
         Ok(())
+    }
+}
+
+impl SourceDecoder {
+    /// Turns the MP4 edit list into frames at the now known sample rate.
+    fn apply_edit(&mut self, sample_rate_hz: u32) {
+        let Some(edit) = self.edit else { return };
+        self.skip_left = edit.skip_frames(sample_rate_hz);
+        if let Some(keep) = edit.keep_frames(sample_rate_hz) {
+            self.frame_limit = Some(self.frame_limit.map_or(keep, |limit| limit.min(keep)));
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod decode;
 pub mod failure;
 pub mod job;
 pub mod mp3_writer;
+pub mod mp4_edit;
 pub mod output_format;
 pub mod resample;
 pub mod retry;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use symphonia::core::io::MediaSource;
 use thiserror::Error;
 
+use crate::mp4_edit::{self, EditTrim};
 use crate::wav_header::{self, read_full, WavFacts, WavHeaderError};
 
 /// Where the audio comes from.
@@ -39,6 +40,8 @@ pub struct OpenedInput {
     pub wav: Option<WavFacts>,
     /// Data bytes delivered so far, when the input is a WAV file.
     pub wav_delivered: Option<Arc<AtomicU64>>,
+    /// The audio track's edit list, when the input is an MP4 file that has one.
+    pub edit: Option<EditTrim>,
 }
 
 /// Sniffs `input` and prepares it for decoding.
@@ -50,29 +53,36 @@ pub fn open(input: Input) -> Result<OpenedInput, InputError> {
                 return open_wav(start, file);
             }
             file.seek(SeekFrom::Start(0)).map_err(InputError::Read)?;
-            Ok(OpenedInput {
-                media: Box::new(file),
-                wav: None,
-                wav_delivered: None,
-            })
+            let edit = is_mp4(&start)
+                .then(|| mp4_edit::read_trim(&mut file))
+                .flatten();
+            Ok(OpenedInput::other(Box::new(file), edit))
         }
         Input::Stream(mut reader) => {
             let start = read_start(&mut reader)?;
             if is_wav(&start) {
                 return open_wav(start, reader);
             }
-            let seeks = needs_seeking(&start);
+            let (mp4, matroska) = (is_mp4(&start), is_matroska(&start));
             let rejoined = Cursor::new(start).chain(reader);
-            let media: Box<dyn MediaSource> = if seeks {
-                Box::new(spool(rejoined)?)
-            } else {
-                Box::new(ForwardOnly(rejoined))
-            };
-            Ok(OpenedInput {
-                media,
-                wav: None,
-                wav_delivered: None,
-            })
+            if !mp4 && !matroska {
+                return Ok(OpenedInput::other(Box::new(ForwardOnly(rejoined)), None));
+            }
+            // These containers may keep their index at the end, so they need seeking.
+            let mut file = spool(rejoined)?;
+            let edit = mp4.then(|| mp4_edit::read_trim(&mut file)).flatten();
+            Ok(OpenedInput::other(Box::new(file), edit))
+        }
+    }
+}
+
+impl OpenedInput {
+    fn other(media: Box<dyn MediaSource>, edit: Option<EditTrim>) -> Self {
+        Self {
+            media,
+            wav: None,
+            wav_delivered: None,
+            edit,
         }
     }
 }
@@ -97,15 +107,16 @@ fn is_wav(start: &[u8]) -> bool {
         && &start[8..12] == b"WAVE"
 }
 
-/// True for containers whose index may sit at the end (MP4/M4A/MOV, Matroska/WebM).
-fn needs_seeking(start: &[u8]) -> bool {
-    let mp4 = start.len() >= 8
+fn is_mp4(start: &[u8]) -> bool {
+    start.len() >= 8
         && matches!(
             &start[4..8],
             b"ftyp" | b"moov" | b"mdat" | b"wide" | b"free"
-        );
-    let matroska = start.starts_with(&[0x1A, 0x45, 0xDF, 0xA3]);
-    mp4 || matroska
+        )
+}
+
+fn is_matroska(start: &[u8]) -> bool {
+    start.starts_with(&[0x1A, 0x45, 0xDF, 0xA3])
 }
 
 fn open_wav<R>(start: Vec<u8>, reader: R) -> Result<OpenedInput, InputError>
@@ -121,6 +132,7 @@ where
         media: Box::new(ForwardOnly(mended)),
         wav: Some(facts),
         wav_delivered: Some(delivered),
+        edit: None,
     })
 }
 

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::channel_mix::ChannelMixer;
-use crate::decode::{DecodeError, SourceDecoder, StreamSpec};
+use crate::decode::{DecodeError, SourceDecoder, StreamSpec, Trim};
 use crate::mp3_writer::{Mp3Summary, Mp3WriteError, Mp3Writer};
 use crate::output_format::{EncodePlan, FormatError};
 use crate::resample::{RateConverter, ResampleError};
@@ -55,8 +55,11 @@ pub fn transcode(
 ) -> Result<(File, TranscodeResult), TranscodeError> {
     let opened = source::open(input)?;
     let wav = opened.wav.clone();
-    let frame_limit = wav.as_ref().and_then(fact_frame_limit);
-    let mut decoder = SourceDecoder::open(opened.media, frame_limit)?;
+    let trim = Trim {
+        frame_limit: wav.as_ref().and_then(fact_frame_limit),
+        edit: opened.edit,
+    };
+    let mut decoder = SourceDecoder::open(opened.media, trim)?;
 
     let mut first = Vec::new();
     let Some(spec) = decoder.next_block(&mut first)? else {
@@ -282,6 +285,12 @@ fn describe(
         notes.push(format!(
             "replaced {} NaN or infinite samples with silence",
             stats.non_finite_samples
+        ));
+    }
+    if stats.priming_frames > 0 {
+        let frames = stats.priming_frames;
+        notes.push(format!(
+            "dropped {frames} encoder priming frames, as the MP4 edit list says"
         ));
     }
     if stats.skipped_packets > 0 {

@@ -19,9 +19,6 @@ use protocol::{TranscodeResult, EXIT_PERMANENT};
 use regex_lite::Regex;
 
 const PER_FILE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Extra frames allowed for AAC, whose encoder priming symphonia 0.6.1 does not trim (it
-/// ignores the MP4 edit list): one AAC frame of priming and up to one of padding.
-const AAC_PRIMING_ALLOWANCE: u64 = 2048;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Outcome {
@@ -244,10 +241,7 @@ fn check_transcode(row: &Row, run: &Run, problems: &mut Vec<String>) {
         return problems.push("MANIFEST row states no duration".into());
     };
     let rate = f64::from(decoded.sample_rate);
-    let mut allowance = mp3_frame_samples(decoded.sample_rate);
-    if row.properties.contains("aac") {
-        allowance += AAC_PRIMING_ALLOWANCE;
-    }
+    let allowance = mp3_frame_samples(decoded.sample_rate);
     let seconds = decoded.frames as f64 / rate;
     if (seconds - expected).abs() > allowance as f64 / rate + 1e-4 {
         problems.push(format!(
