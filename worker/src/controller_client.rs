@@ -6,6 +6,8 @@ use protocol::{Assignment, Callback};
 
 use crate::retry::{error_body, redact, with_retries, HttpError};
 
+/// Longest wait for one assignment or final callback request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for one progress report; progress is best-effort and must not stall the job.
 const PROGRESS_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -34,6 +36,7 @@ impl ControllerClient {
             let response = self
                 .http
                 .get(&url)
+                .timeout(REQUEST_TIMEOUT)
                 .bearer_auth(&self.token)
                 .send()
                 .await
@@ -78,6 +81,7 @@ impl ControllerClient {
         let response = self
             .http
             .post(&url)
+            .timeout(REQUEST_TIMEOUT)
             .bearer_auth(&self.token)
             .json(callback)
             .send()

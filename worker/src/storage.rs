@@ -6,6 +6,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -16,8 +17,11 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::io::ReaderStream;
 
 use crate::controller_client::check_status;
+use crate::failure::error_chain;
 use crate::retry::{redact, with_retries, HttpError};
 
+/// Longest wait for the next piece of the source body before the download counts as broken.
+const DOWNLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Source bytes buffered between the download and the decoder.
 pub const BYTES_IN_FLIGHT: usize = 4 << 20;
 
@@ -81,18 +85,14 @@ async fn pump_body(
 ) {
     let url = redact(response.url().as_str());
     let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let bytes = match chunk {
-            Ok(bytes) => bytes,
-            Err(err) => {
-                let received = state.received.load(Ordering::Relaxed);
-                tracing::warn!(url = %url, received, error = %err, "source download failed");
-                let message = format!("download of {url} broke off after {received} bytes: {err}");
-                if let Ok(mut slot) = state.failure.lock() {
-                    *slot = Some(message.clone());
-                }
-                let _ = sender.send(Err(io::Error::other(message)));
-                return;
+    loop {
+        let bytes = match tokio::time::timeout(DOWNLOAD_STALL_TIMEOUT, body.next()).await {
+            Ok(None) => return,
+            Ok(Some(Ok(bytes))) => bytes,
+            Ok(Some(Err(err))) => return fail_download(&sender, &state, &url, &error_chain(&err)),
+            Err(_) => {
+                let stalled = format!("no data for {} s", DOWNLOAD_STALL_TIMEOUT.as_secs());
+                return fail_download(&sender, &state, &url, &stalled);
             }
         };
 
@@ -108,6 +108,23 @@ async fn pump_body(
             return;
         }
     }
+}
+
+/// Records why the download stopped and passes the error to the decoder.
+fn fail_download(
+    sender: &mpsc::UnboundedSender<BodyChunk>,
+    state: &DownloadState,
+    url: &str,
+    cause: &str,
+) {
+    let received = state.received.load(Ordering::Relaxed);
+    tracing::warn!(url, received, error = cause, "source download failed");
+    let message = format!("download of {url} broke off after {received} bytes: {cause}");
+    if let Ok(mut slot) = state.failure.lock() {
+        *slot = Some(message.clone());
+    }
+    // The decoder may have stopped reading already; then nobody needs the error.
+    let _ = sender.send(Err(io::Error::other(message)));
 }
 
 /// The decoder's side of the source stream; blocks until the download delivers bytes.
