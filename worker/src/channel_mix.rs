@@ -9,7 +9,7 @@ use symphonia::core::audio::{Channels, Position};
 
 const CENTRE_WEIGHT: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
-/// Where a source channel goes in a stereo downmix.
+/// The output side a source channel feeds in a stereo downmix.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Side {
     Left,
@@ -241,8 +241,19 @@ mod tests {
             only
         };
 
-        assert!(out[0][0] <= 1.0 + 1e-6 && out[0][0] > 0.99, "{}", out[0][0]);
-        assert!(out[1][0] <= 1.0 + 1e-6 && out[1][0] > 0.99, "{}", out[1][0]);
+        for output in &out {
+            assert!(
+                output[0] <= 1.0 + 1e-6,
+                "full-scale input clips: {}",
+                output[0]
+            );
+            assert!(
+                output[0] > 0.99,
+                "full-scale input lost level: {}",
+                output[0]
+            );
+        }
         assert_eq!(lfe_only[0][0], 0.0, "LFE must not reach the left output");
+        assert_eq!(lfe_only[1][0], 0.0, "LFE must not reach the right output");
     }
 }

@@ -6,9 +6,10 @@ use protocol::{Assignment, Callback};
 
 use crate::retry::{error_body, redact, with_retries, HttpError};
 
-/// Longest wait for one assignment or final callback request.
+/// Maximum wait for one assignment or final callback request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for one progress report; progress is best-effort and must not stall the job.
+/// Maximum wait for one progress report, because progress is best-effort and must not stall
+/// the job.
 const PROGRESS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Client for `{api}/v1/jobs/{job}/…`, authenticated with the attempt's bearer token.

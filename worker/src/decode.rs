@@ -58,7 +58,8 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// The I/O error underneath, when reading the input failed rather than the data being bad.
+    /// Returns the I/O error underneath, when reading the input failed rather than the data
+    /// being bad.
     pub fn io_error(&self) -> Option<&io::Error> {
         match self {
             Self::ReadPacket {
@@ -104,7 +105,7 @@ pub struct DecodeStats {
 /// padding.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Trim {
-    /// Most frames to return, from a WAV fact chunk.
+    /// Maximum frames to return, from a WAV fact chunk.
     pub frame_limit: Option<u64>,
     /// An MP4 edit list, applied once the sample rate is known.
     pub edit: Option<EditTrim>,
@@ -198,8 +199,8 @@ impl SourceDecoder {
 
             let buffer = match self.decoder.decode(&packet) {
                 Ok(buffer) => buffer,
-                // A packet is already in memory, so an I/O error here means it is too short,
-                // as the last block of a truncated file can be; it is skipped like bad data.
+                // A packet is already in memory, so an I/O error here means it is too short.
+                // The last block of a truncated file can be, and it is skipped like bad data.
                 Err(SymphoniaError::DecodeError(_) | SymphoniaError::IoError(_)) => {
                     self.stats.skipped_packets += 1;
                     continue;

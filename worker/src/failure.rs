@@ -1,5 +1,5 @@
-//! How a failed attempt is reported: a machine-readable reason, a sentence for people, and
-//! whether another attempt could succeed (which also picks the process exit code).
+//! Failure reports of an attempt: a machine-readable reason, a sentence for people, and
+//! whether another attempt could succeed, which also picks the process exit code.
 
 use std::error::Error;
 use std::io;
@@ -40,7 +40,7 @@ impl Failure {
         }
     }
 
-    /// The process exit code for this failure.
+    /// Returns the process exit code for this failure.
     pub fn exit_code(&self) -> i32 {
         if self.permanent {
             EXIT_PERMANENT
@@ -123,7 +123,7 @@ pub fn classify_http(reason: &'static str, err: &HttpError) -> Failure {
     }
 }
 
-/// The error and its causes, joined with ": ".
+/// Formats the error and its causes, joined with ": ".
 pub fn error_chain(err: &dyn Error) -> String {
     let mut message = err.to_string();
     let mut cause = err.source();

@@ -166,8 +166,8 @@ async fn transcode_with_progress(
     outcome.map_err(|err| classify_with_download(&err, &state))
 }
 
-/// A broken download surfaces as a read or decode error; it is transient whatever the decoder
-/// made of the truncated stream.
+/// Classifies a transcode failure, counting it as a transient download failure whenever the
+/// download broke off, whatever error the decoder made of the truncated stream.
 fn classify_with_download(err: &TranscodeError, state: &DownloadState) -> Failure {
     match state.failure() {
         Some(message) => Failure {

@@ -34,7 +34,7 @@ pub enum Mp3WriteError {
     Write(#[source] io::Error),
 }
 
-/// What the writer did, for the transcode result.
+/// Counts of the frames, bytes and clamped samples written, for the transcode result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mp3Summary {
     pub frames: u64,
@@ -229,7 +229,7 @@ fn lame_bitrate(kbps: u32) -> Bitrate {
         224 => Bitrate::Kbps224,
         256 => Bitrate::Kbps256,
         320 => Bitrate::Kbps320,
-        // The plan only holds values from the table above; 192 is the default.
+        // The plan contains only values from the table above, so this arm is 192, the default.
         _ => Bitrate::Kbps192,
     }
 }

@@ -17,7 +17,7 @@ const MAX_DEPTH: usize = 4;
 /// The first edit of the sound track, in the track's own time units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EditTrim {
-    /// Where the presented audio starts, in media timescale units (the encoder priming).
+    /// Start of the presented audio in media timescale units, which is the encoder priming.
     media_time: u64,
     media_timescale: u32,
     /// How long the presented audio lasts, in movie timescale units; 0 when not stated.
@@ -43,7 +43,7 @@ fn scale(value: u64, numerator: u32, denominator: u32) -> u64 {
     u64::try_from(scaled).unwrap_or(u64::MAX)
 }
 
-/// What the walk collected from the first sound track.
+/// Timescales and edit collected by the walk from the first sound track.
 #[derive(Debug, Default)]
 struct TrackEdits {
     movie_timescale: Option<u32>,
@@ -196,7 +196,7 @@ fn read_leaf<F: Read + Seek>(file: &mut F, start: u64, end: u64) -> io::Result<V
     Ok(body)
 }
 
-/// The timescale of an `mvhd` or `mdhd` box (version 0 or 1).
+/// Reads the timescale of an `mvhd` or `mdhd` box (version 0 or 1).
 fn read_timescale<F: Read + Seek>(file: &mut F, start: u64, end: u64) -> io::Result<Option<u32>> {
     let body = read_leaf(file, start, end)?;
     let offset = if body.first() == Some(&1) { 20 } else { 12 };
@@ -205,7 +205,7 @@ fn read_timescale<F: Read + Seek>(file: &mut F, start: u64, end: u64) -> io::Res
         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
 }
 
-/// The first edit with media (an empty edit has media time -1) of an `elst` body.
+/// Returns the first edit with media of an `elst` body; an empty edit has media time -1.
 fn first_edit(body: &[u8]) -> Option<(u64, i64)> {
     let version = *body.first()?;
     let count = u32::from_be_bytes(body.get(4..8)?.try_into().ok()?) as usize;

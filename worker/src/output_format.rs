@@ -24,7 +24,7 @@ pub const DEFAULT_BITRATE_KBPS: u32 = 192;
 /// Highest LAME VBR quality value (0 is the best).
 pub const MAX_VBR_QUALITY: u8 = 9;
 
-/// How LAME spends bits.
+/// LAME's rate control mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateControl {
     /// Constant bitrate in kbit/s; always one of [`ENCODER_BITRATES_KBPS`].
@@ -102,7 +102,7 @@ impl EncodePlan {
         })
     }
 
-    /// The constant bitrate, when CBR is used.
+    /// Returns the constant bitrate, when CBR is used.
     pub fn bitrate_kbps(&self) -> Option<u32> {
         match self.rate_control {
             RateControl::Constant { kbps } => Some(kbps),
@@ -110,7 +110,7 @@ impl EncodePlan {
         }
     }
 
-    /// The VBR quality, when VBR is used.
+    /// Returns the VBR quality, when VBR is used.
     pub fn vbr_quality(&self) -> Option<u8> {
         match self.rate_control {
             RateControl::Constant { .. } => None,
@@ -131,9 +131,9 @@ pub fn nearest_mp3_rate(rate: u32) -> u32 {
 
 const DEFAULT_RATE_FALLBACK: u32 = 44100;
 
-/// The range of bitrates LAME encodes at `sample_rate_hz`, in kbit/s: MPEG-1 (32 to 48 kHz)
-/// runs from 32 to 320, MPEG-2 (16 to 24 kHz) from 8 to 160, and for MPEG-2.5 (8 to 12 kHz)
-/// LAME 3.100 stops at 64.
+/// Returns the range of bitrates LAME encodes at `sample_rate_hz`, in kbit/s. MPEG-1 (32 to
+/// 48 kHz) runs from 32 to 320 and MPEG-2 (16 to 24 kHz) from 8 to 160. For MPEG-2.5 (8 to
+/// 12 kHz) LAME 3.100 stops at 64 (`lame_init_params` in lame.c).
 pub fn bitrate_range_kbps(sample_rate_hz: u32) -> (u32, u32) {
     match sample_rate_hz {
         0..=12000 => (8, 64),

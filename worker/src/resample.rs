@@ -1,4 +1,4 @@
-//! Sample-rate conversion with rubato's FFT resampler, trimmed so the output holds exactly
+//! Sample-rate conversion with rubato's FFT resampler, trimmed so the output contains exactly
 //! `input frames × output rate / input rate` frames (rounded to the nearest frame).
 
 use rubato::{FftFixedInOut, Resampler};
@@ -194,13 +194,13 @@ mod tests {
     }
 
     #[test]
-    fn delay_is_removed_so_a_sine_stays_in_phase() {
+    fn sine_stays_in_phase() {
         let input = sine(96000, 1000.0, 96000);
         let expected = sine(48000, 1000.0, 48000);
 
         let output = resample_all(96000, 48000, &input, 1000);
 
-        // Skip the edges, where the filter sees the zero padding.
+        // Skip the edges, where the filter input includes the zero padding.
         let worst = output[1000..47000]
             .iter()
             .zip(&expected[1000..47000])

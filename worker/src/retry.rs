@@ -58,7 +58,7 @@ impl HttpError {
         }
     }
 
-    /// The HTTP status, when the server answered.
+    /// Returns the HTTP status, when the server sent a response.
     pub fn status(&self) -> Option<u16> {
         match self {
             Self::Status { status, .. } => Some(*status),
@@ -68,8 +68,8 @@ impl HttpError {
 }
 
 /// Runs `call` until it succeeds, fails with a final error, or has been tried [`MAX_TRIES`]
-/// times. `what` names the call in logs.
-pub async fn with_retries<T, F, Fut>(what: &str, mut call: F) -> Result<T, HttpError>
+/// times. `operation` names the call in logs.
+pub async fn with_retries<T, F, Fut>(operation: &str, mut call: F) -> Result<T, HttpError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, HttpError>>,
@@ -80,7 +80,7 @@ where
         match call().await {
             Ok(value) => return Ok(value),
             Err(err) if err.is_retryable() && tries < MAX_TRIES => {
-                tracing::warn!(call = what, tries, error = %err, retry_in_ms = delay.as_millis() as u64, "http call failed; retrying");
+                tracing::warn!(call = operation, tries, error = %err, retry_in_ms = delay.as_millis() as u64, "http call failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
                 tries += 1;
@@ -123,7 +123,7 @@ mod tests {
     }
 
     #[test]
-    fn server_errors_are_retryable_and_client_errors_are_not() {
+    fn only_server_errors_are_retryable() {
         let status = |status| HttpError::Status {
             method: "GET",
             url: "u".into(),

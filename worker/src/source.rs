@@ -13,7 +13,7 @@ use thiserror::Error;
 use crate::mp4_edit::{self, EditTrim};
 use crate::wav_header::{self, read_full, WavFacts, WavHeaderError};
 
-/// Where the audio comes from.
+/// The source of the audio bytes.
 pub enum Input {
     /// A local file; seekable.
     File(File),

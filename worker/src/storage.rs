@@ -20,7 +20,7 @@ use crate::controller_client::check_status;
 use crate::failure::error_chain;
 use crate::retry::{redact, with_retries, HttpError};
 
-/// Longest wait for the next piece of the source body before the download counts as broken.
+/// Maximum wait for the next piece of the source body before the download counts as broken.
 const DOWNLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Source bytes buffered between the download and the decoder.
 pub const BYTES_IN_FLIGHT: usize = 4 << 20;
@@ -30,12 +30,12 @@ pub const BYTES_IN_FLIGHT: usize = 4 << 20;
 pub struct DownloadState {
     /// Source bytes received so far.
     pub received: AtomicU64,
-    /// Why the download stopped early, if it did.
+    /// Reason the download stopped early, if it did.
     pub failure: Mutex<Option<String>>,
 }
 
 impl DownloadState {
-    /// The download failure, if the transfer broke off.
+    /// Returns the download failure, if the transfer broke off.
     pub fn failure(&self) -> Option<String> {
         self.failure.lock().ok().and_then(|slot| slot.clone())
     }
@@ -73,8 +73,8 @@ pub fn stream_body(response: reqwest::Response, state: Arc<DownloadState>) -> Ch
     }
 }
 
-/// A chunk of the body and the share of the byte budget it holds until the decoder is done
-/// with it.
+/// A chunk of the body with its share of the byte budget, released when the decoder is done
+/// with the chunk.
 type BodyChunk = io::Result<(Bytes, OwnedSemaphorePermit)>;
 
 async fn pump_body(
@@ -123,7 +123,7 @@ fn fail_download(
     if let Ok(mut slot) = state.failure.lock() {
         *slot = Some(message.clone());
     }
-    // The decoder may have stopped reading already; then nobody needs the error.
+    // The decoder may have stopped reading already, and then the error has no reader.
     let _ = sender.send(Err(io::Error::other(message)));
 }
 

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread;
 
 use protocol::{OutputFormat, TranscodeResult};
@@ -14,7 +15,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::channel_mix::ChannelMixer;
-use crate::decode::{DecodeError, SourceDecoder, StreamSpec, Trim};
+use crate::decode::{DecodeError, DecodeStats, SourceDecoder, StreamSpec, Trim};
 use crate::mp3_writer::{Mp3Summary, Mp3WriteError, Mp3Writer};
 use crate::output_format::{EncodePlan, FormatError};
 use crate::resample::{RateConverter, ResampleError};
@@ -46,7 +47,7 @@ pub enum TranscodeError {
     Hash(#[source] io::Error),
 }
 
-/// Transcodes `input` to MP3 in `output` (opened for reading and writing) as `request` says.
+/// Transcodes `input` to MP3 in `output` (opened for reading and writing) as `request` specifies.
 /// Returns the output file, rewound, and the result to report.
 pub fn transcode(
     input: Input,
@@ -54,50 +55,28 @@ pub fn transcode(
     request: &OutputFormat,
 ) -> Result<(File, TranscodeResult), TranscodeError> {
     let opened = source::open(input)?;
-    let wav = opened.wav.clone();
+    let wav = WavState {
+        facts: opened.wav,
+        delivered: opened.wav_delivered,
+    };
     let trim = Trim {
-        frame_limit: wav.as_ref().and_then(fact_frame_limit),
+        frame_limit: wav.facts.as_ref().and_then(fact_frame_limit),
         edit: opened.edit,
     };
     let mut decoder = SourceDecoder::open(opened.media, trim)?;
 
     let mut first = Vec::new();
     let Some(spec) = decoder.next_block(&mut first)? else {
-        return Err(TranscodeError::NoAudio(empty_reason(
-            wav.as_ref(),
-            opened.wav_delivered.as_deref(),
-        )));
+        return Err(TranscodeError::NoAudio(wav.empty_reason()));
     };
     let plan = EncodePlan::resolve(request, spec.sample_rate_hz, spec.channels)?;
     tracing::debug!(codec = decoder.codec_name(), source = %spec, "decoding");
 
-    let writer = Mp3Writer::new(&plan, output)?;
-    let (sender, receiver) = sync_channel(BLOCKS_IN_FLIGHT);
-    let encoder = thread::Builder::new()
-        .name("mp3-encoder".into())
-        .spawn(move || encode_blocks(writer, receiver))
-        .map_err(|_| TranscodeError::EncoderPanicked)?;
-
-    let mut stage = Stage::new(&spec, &plan, sender)?;
-    let fed = feed(&mut decoder, &mut stage, first);
-    drop(stage);
-    let encoded = encoder
-        .join()
-        .map_err(|_| TranscodeError::EncoderPanicked)?;
-
-    // An encoder failure stops the feed, so report it first.
-    let (mut file, summary) = encoded?;
-    fed?;
+    let (mut file, summary) = encode_all(&mut decoder, first, &spec, &plan, output)?;
 
     let mut notes = plan.notes.clone();
-    notes.extend(describe(
-        &spec,
-        &plan,
-        wav.as_ref(),
-        opened.wav_delivered.as_deref(),
-        &decoder,
-        &summary,
-    ));
+    notes.extend(wav.notes());
+    notes.extend(pipeline_notes(&spec, &plan, &decoder.stats, &summary));
     let sha256 = hash_file(&mut file).map_err(TranscodeError::Hash)?;
     let result = TranscodeResult {
         bytes: summary.bytes,
@@ -110,6 +89,36 @@ pub fn transcode(
         notes,
     };
     Ok((file, result))
+}
+
+/// Runs the rest of the decode on this thread and LAME on an encoder thread, starting with the
+/// already decoded block `first`.
+fn encode_all(
+    decoder: &mut SourceDecoder,
+    first: Vec<Vec<f32>>,
+    spec: &StreamSpec,
+    plan: &EncodePlan,
+    output: File,
+) -> Result<(File, Mp3Summary), TranscodeError> {
+    let writer = Mp3Writer::new(plan, output)?;
+    let (sender, receiver) = sync_channel(BLOCKS_IN_FLIGHT);
+    let encoder = thread::Builder::new()
+        .name("mp3-encoder".into())
+        .spawn(move || encode_blocks(writer, receiver))
+        .map_err(|_| TranscodeError::EncoderPanicked)?;
+
+    let mut stage = Stage::new(spec, plan, sender)?;
+    let fed = feed(decoder, &mut stage, first);
+    // Dropping the stage closes the channel, which ends the encoder thread's loop.
+    drop(stage);
+    let encoded = encoder
+        .join()
+        .map_err(|_| TranscodeError::EncoderPanicked)?;
+
+    // An encoder failure stops the feed, so report it first.
+    let written = encoded?;
+    fed?;
+    Ok(written)
 }
 
 /// Decodes every block after `first` and pushes it through the stage.
@@ -222,7 +231,7 @@ fn encode_blocks(
     Ok(writer.finish()?)
 }
 
-/// The fact chunk's frame count, for WAV codecs whose last block carries padding.
+/// Returns the fact chunk's frame count, for WAV codecs whose last block carries padding.
 fn fact_frame_limit(wav: &WavFacts) -> Option<u64> {
     const COMPRESSED_TAGS: [u16; 2] = [0x0002, 0x0011];
     if COMPRESSED_TAGS.contains(&wav.format_tag) {
@@ -232,80 +241,99 @@ fn fact_frame_limit(wav: &WavFacts) -> Option<u64> {
     }
 }
 
-fn empty_reason(wav: Option<&WavFacts>, delivered: Option<&AtomicU64>) -> String {
-    let declared = wav.and_then(|facts| facts.data_bytes).unwrap_or(0);
-    let got = delivered.map_or(0, |count| count.load(Ordering::Relaxed));
-    if declared > got {
-        format!(
-            "the file is truncated: its data chunk declares {declared} bytes but {got} are present"
-        )
-    } else {
-        "decoding produced 0 audio frames".to_string()
-    }
+/// The WAV header facts and the count of data bytes that arrived.
+struct WavState {
+    facts: Option<WavFacts>,
+    delivered: Option<Arc<AtomicU64>>,
 }
 
-/// Notes on what the pipeline changed or repaired.
-fn describe(
-    spec: &StreamSpec,
-    plan: &EncodePlan,
-    wav: Option<&WavFacts>,
-    delivered: Option<&AtomicU64>,
-    decoder: &SourceDecoder,
-    summary: &Mp3Summary,
-) -> Vec<String> {
-    let mut notes = Vec::new();
-    if let Some(facts) = wav {
-        notes.extend(
-            facts
-                .repairs
-                .iter()
-                .map(|repair| format!("WAV header: {repair}")),
-        );
-        let got = delivered.map_or(0, |count| count.load(Ordering::Relaxed));
+impl WavState {
+    fn delivered_bytes(&self) -> u64 {
+        self.delivered
+            .as_ref()
+            .map_or(0, |count| count.load(Ordering::Relaxed))
+    }
+
+    /// Explains an input that decoded to no frames.
+    fn empty_reason(&self) -> String {
+        let declared = self.facts.as_ref().and_then(|facts| facts.data_bytes);
+        let got = self.delivered_bytes();
+        match declared {
+            Some(declared) if declared > got => format!(
+                "the file is truncated: its data chunk declares {declared} bytes but {got} are present"
+            ),
+            _ => "decoding produced 0 audio frames".to_string(),
+        }
+    }
+
+    /// Notes on header repairs and on a data chunk shorter than declared.
+    fn notes(&self) -> Vec<String> {
+        let Some(facts) = &self.facts else {
+            return Vec::new();
+        };
+        let mut notes: Vec<String> = facts
+            .repairs
+            .iter()
+            .map(|repair| format!("WAV header: {repair}"))
+            .collect();
+        let got = self.delivered_bytes();
         if let Some(declared) = facts.data_bytes.filter(|&declared| declared > got) {
             notes.push(format!(
                 "input truncated: data chunk declares {declared} bytes, {got} present"
             ));
         }
+        notes
     }
-    if spec.sample_rate_hz != plan.sample_rate_hz {
-        notes.push(format!(
-            "resampled from {} Hz to {} Hz",
-            spec.sample_rate_hz, plan.sample_rate_hz
-        ));
-    }
-    if spec.channels > usize::from(plan.channels) {
-        notes.push(format!(
-            "downmixed {} channels to {}",
-            spec.channels, plan.channels
-        ));
-    }
-    let stats = decoder.stats;
-    if stats.non_finite_samples > 0 {
-        notes.push(format!(
-            "replaced {} NaN or infinite samples with silence",
-            stats.non_finite_samples
-        ));
-    }
-    if stats.priming_frames > 0 {
-        let frames = stats.priming_frames;
-        notes.push(format!(
-            "dropped {frames} encoder priming frames, as the MP4 edit list says"
-        ));
-    }
-    if stats.skipped_packets > 0 {
-        notes.push(format!(
-            "skipped {} undecodable packets",
-            stats.skipped_packets
-        ));
-    }
-    if summary.clamped_samples > 0 {
-        notes.push(format!(
-            "clamped {} samples outside [-1, 1]",
-            summary.clamped_samples
-        ));
-    }
-    notes
+}
+
+/// Notes on what decoding, mixing, resampling and encoding changed.
+fn pipeline_notes(
+    spec: &StreamSpec,
+    plan: &EncodePlan,
+    stats: &DecodeStats,
+    summary: &Mp3Summary,
+) -> Vec<String> {
+    let (from_hz, to_hz) = (spec.sample_rate_hz, plan.sample_rate_hz);
+    let (from_channels, to_channels) = (spec.channels, usize::from(plan.channels));
+    let candidates = [
+        (
+            from_hz != to_hz,
+            format!("resampled from {from_hz} Hz to {to_hz} Hz"),
+        ),
+        (
+            from_channels > to_channels,
+            format!("downmixed {from_channels} channels to {to_channels}"),
+        ),
+        (
+            stats.non_finite_samples > 0,
+            format!(
+                "replaced {} NaN or infinite samples with silence",
+                stats.non_finite_samples
+            ),
+        ),
+        (
+            stats.priming_frames > 0,
+            format!(
+                "dropped {} encoder priming frames, as the MP4 edit list states",
+                stats.priming_frames
+            ),
+        ),
+        (
+            stats.skipped_packets > 0,
+            format!("skipped {} undecodable packets", stats.skipped_packets),
+        ),
+        (
+            summary.clamped_samples > 0,
+            format!(
+                "clamped {} samples outside [-1, 1]",
+                summary.clamped_samples
+            ),
+        ),
+    ];
+    candidates
+        .into_iter()
+        .filter_map(|(applies, note)| applies.then_some(note))
+        .collect()
 }
 
 fn hash_file(file: &mut File) -> io::Result<String> {

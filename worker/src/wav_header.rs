@@ -26,9 +26,9 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-/// Longest fmt chunk accepted; real ones are 16 to 50 bytes.
+/// Maximum fmt chunk length accepted; real ones are 16 to 50 bytes.
 const MAX_FMT_LEN: u32 = 1024;
-/// Longest fact chunk read; the standard one is 4 bytes.
+/// Maximum fact chunk length read; the standard one is 4 bytes.
 const MAX_FACT_LEN: u32 = 64;
 /// Channel counts symphonia's WAV reader maps to speaker positions.
 pub const MAX_WAV_CHANNELS: u16 = 26;
@@ -323,7 +323,7 @@ fn scan_to_data<R: Read>(
     }
 }
 
-/// Where the audio data starts, as found by [`scan_to_data`].
+/// The start of the audio data, as found by [`scan_to_data`].
 struct DataStart {
     /// Data chunk size from the header, `None` when unknown.
     declared: Option<u64>,
@@ -344,7 +344,7 @@ struct HeaderScan {
 }
 
 impl HeaderScan {
-    /// The data chunk's size in bytes, or `None` when the header does not give one.
+    /// Returns the data chunk's size in bytes, or `None` when the header does not give one.
     fn data_size(&mut self, len: u32) -> Option<u64> {
         if self.rf64 && len == u32::MAX {
             return self.ds64_data;
@@ -547,8 +547,8 @@ fn normalise_fmt(fmt: &[u8], facts: &mut WavFacts) -> Result<Option<NormalFmt>, 
     Ok(Some(NormalFmt { body, narrowing }))
 }
 
-/// The EXTENSIBLE fmt chunk as is, except that a sample width of 0 is replaced by the valid
-/// width, unless a non-zero block alignment contradicts it.
+/// Returns the EXTENSIBLE fmt chunk as is, except that a sample width of 0 is replaced by the
+/// valid width, unless a non-zero block alignment contradicts it.
 fn extensible_fmt(fmt: &[u8], block_align: u16, channels: u16, facts: &mut WavFacts) -> Vec<u8> {
     let mut body = fmt.to_vec();
     let bits = u16::from_le_bytes([fmt[14], fmt[15]]);
@@ -593,8 +593,8 @@ fn assemble_header(
     header
 }
 
-/// The sample width to decode integer PCM at: the stated width when symphonia supports it and
-/// the block alignment agrees, else the container width that the block alignment implies.
+/// Picks the sample width to decode integer PCM at: the container width that the block
+/// alignment implies when it is wider than the stated width, else the stated width.
 fn pcm_container_bits(
     bits: u16,
     block_align: u16,
@@ -717,7 +717,7 @@ mod tests {
     }
 
     #[test]
-    fn canonical_header_keeps_data_size_and_drops_other_chunks() {
+    fn canonical_header_drops_other_chunks() {
         let file = wave(&[
             chunk(b"JUNK", &[0; 7]),
             chunk(b"fmt ", &pcm_fmt(16, 2, &[])),

@@ -2,8 +2,8 @@
 //! `$TRANSCODER_CORPUS_DIR`) run through `transcoder-worker transcode`, checked against the
 //! outcome its MANIFEST.md row expects.
 //!
-//! Each row's "expected outcome" allows a transcode (it says "transcode", "decode the" or
-//! "either … acceptable") and/or a rejection (it says "REJECT"). Where both are allowed, the
+//! Each row's "expected outcome" allows a transcode (its text contains "transcode", "decode
+//! the" or "either") and/or a rejection (its text contains "REJECT"). Where both are allowed, the
 //! test expects what ffmpeg did (its column): a rejection when ffmpeg failed, else a transcode.
 //! A transcode must decode to the expected duration within one MP3 frame, at the MP3 rate
 //! nearest the source rate, with the source's channels (at most two).
@@ -69,7 +69,7 @@ impl Row {
         self.properties.contains("stereo").then_some(2)
     }
 
-    /// The duration to expect: the first "N s" of the expected outcome or the properties, else
+    /// Returns the duration to expect: the first "N s" of the expected outcome or the properties, else
     /// a sample count over the source rate (or `output_rate` when the row gives none), else the
     /// duration ffmpeg produced.
     fn expected_seconds(&self, output_rate: f64) -> Option<f64> {

@@ -9,7 +9,7 @@ use std::process::Command;
 use audio::{decode_mp3, mp3_frame_samples};
 use protocol::TranscodeResult;
 
-/// Each file with its rate and channel count; every one holds 0.5 s of audio.
+/// Each file with its rate and channel count; every one contains 0.5 s of audio.
 const FILES: [(&str, u32, usize); 9] = [
     ("flac_22050_mono.flac", 22050, 1),
     ("vorbis_22050_mono.ogg", 22050, 1),
@@ -65,7 +65,7 @@ fn other_formats_transcode() {
     }
 }
 
-/// A file is recognised by its content, whatever its name says.
+/// A file is recognised by its content, whatever its name suggests.
 #[test]
 fn content_decides_format_not_name() {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");

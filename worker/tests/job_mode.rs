@@ -31,11 +31,11 @@ const WORKER_TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Default)]
 struct Recorded {
     source: Vec<u8>,
-    /// Source GETs to answer with this status before serving the bytes.
+    /// Statuses returned to the first source GETs, before the bytes are served.
     source_failures: Vec<StatusCode>,
     /// Break the source connection after this many bytes.
     source_cut_after: Option<usize>,
-    /// Output PUTs to answer with this status before accepting one.
+    /// Statuses returned to the first output PUTs, before one is accepted.
     output_failures: Vec<StatusCode>,
     output_requests: usize,
     /// Status every callback gets; `None` accepts them.
@@ -361,7 +361,7 @@ async fn missing_source_is_permanent() {
     );
 }
 
-/// When no callback can be delivered, the exit code still tells the outcome.
+/// When no callback can be delivered, the exit code still reports the outcome.
 #[tokio::test(flavor = "multi_thread")]
 async fn undeliverable_callbacks_keep_exit_code() {
     let servers = FakeServers::start(Recorded {

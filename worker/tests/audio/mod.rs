@@ -11,7 +11,7 @@ use symphonia::core::formats::{FormatOptions, TrackType};
 use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 
-/// A 16-bit PCM WAV file of `frames` frames: a 440 Hz sine at half scale in every channel.
+/// Builds a 16-bit PCM WAV file of `frames` frames: a 440 Hz sine at half scale in every channel.
 pub fn sine_wav(sample_rate: u32, channels: u16, frames: u32) -> Vec<u8> {
     let samples = (0..frames).flat_map(|n| {
         let phase = 2.0 * std::f64::consts::PI * 440.0 * f64::from(n) / f64::from(sample_rate);
@@ -22,7 +22,7 @@ pub fn sine_wav(sample_rate: u32, channels: u16, frames: u32) -> Vec<u8> {
     wav_file(1, channels, sample_rate, 16, &data)
 }
 
-/// A canonical RIFF WAV file with a 16-byte fmt chunk and `data` as its samples.
+/// Builds a canonical RIFF WAV file with a 16-byte fmt chunk and `data` as its samples.
 pub fn wav_file(tag: u16, channels: u16, sample_rate: u32, bits: u16, data: &[u8]) -> Vec<u8> {
     let block_align = channels * bits / 8;
     let mut file = Vec::with_capacity(44 + data.len());
@@ -93,7 +93,7 @@ impl RiffBuilder {
     }
 }
 
-/// A fmt chunk body: the 16 standard bytes followed by `extension`.
+/// Builds a fmt chunk body: the 16 standard bytes followed by `extension`.
 pub fn fmt_body(
     tag: u16,
     channels: u16,
@@ -113,7 +113,8 @@ pub fn fmt_body(
     body
 }
 
-/// The extension of a WAVE_FORMAT_EXTENSIBLE fmt chunk with a standard sub-format GUID.
+/// Builds the extension of a WAVE_FORMAT_EXTENSIBLE fmt chunk with a standard sub-format
+/// GUID.
 pub fn extensible_extension(valid_bits: u16, channel_mask: u32, sub_format: u16) -> Vec<u8> {
     let mut extension = Vec::with_capacity(24);
     extension.extend_from_slice(&22u16.to_le_bytes());
