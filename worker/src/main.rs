@@ -114,6 +114,14 @@ fn run_transcode(input: PathBuf, output: PathBuf, format: &OutputFormat) -> i32 
 fn transcode_file(input: &PathBuf, output: &PathBuf, format: &OutputFormat) -> anyhow::Result<i32> {
     let source =
         File::open(input).with_context(|| format!("failed to open input {}", input.display()))?;
+    // Truncating the output would destroy an input that is the same file.
+    if let (Ok(from), Ok(to)) = (input.canonicalize(), output.canonicalize()) {
+        anyhow::ensure!(
+            from != to,
+            "input and output are the same file ({}); choose another output path",
+            from.display()
+        );
+    }
     let target = OpenOptions::new()
         .read(true)
         .write(true)

@@ -75,8 +75,14 @@ fn tiny_wav_is_sample_exact() {
 
     parse_result(&output);
     let decoded = decode_mp3(&mp3).expect("output decodes");
+    let tag_at = mp3.windows(4).position(|window| window == b"Info");
 
     assert_eq!(decoded.frames, 441);
+    // The tag sits in the first frame, just after its side information.
+    assert!(
+        tag_at.is_some_and(|at| at < 64),
+        "LAME tag found at {tag_at:?}"
+    );
 }
 
 /// A rate MP3 cannot carry is resampled to the nearest one, keeping the duration.
@@ -196,4 +202,20 @@ fn zero_frames_is_rejected() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(EXIT_PERMANENT), "{stderr}");
     assert!(stderr.contains("NoAudio"), "{stderr}");
+}
+
+/// Writing the output over the input is refused before the input is truncated.
+#[test]
+fn output_over_input_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("same.wav");
+    let wav = sine_wav(44100, 1, 4410);
+    std::fs::write(&path, &wav).expect("write input");
+    let path_text = path.to_str().expect("utf-8 path");
+
+    let output = worker(&["transcode", path_text, path_text]);
+
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("same file"));
+    assert_eq!(std::fs::read(&path).expect("read input"), wav);
 }
