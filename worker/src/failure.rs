@@ -114,14 +114,20 @@ fn classify_decode(decode: &DecodeError, err: &TranscodeError) -> Failure {
     }
 }
 
-/// Classifies a failed HTTP exchange with storage or the controller.
+/// Classifies a failed HTTP exchange with storage or the controller as transient: a
+/// client error such as 403 usually means an expired presigned URL or token, and the next
+/// attempt gets fresh ones. Only a missing source object is final.
 pub fn classify_http(reason: &'static str, err: &HttpError) -> Failure {
-    if err.is_retryable() {
-        Failure::retryable(reason, err)
-    } else {
-        Failure::permanent(reason, err)
+    match err.status() {
+        Some(404 | 410) if reason == SOURCE_UNAVAILABLE => {
+            Failure::permanent("SourceNotFound", err)
+        }
+        _ => Failure::retryable(reason, err),
     }
 }
+
+/// Reason for a source download that failed or broke off.
+pub const SOURCE_UNAVAILABLE: &str = "SourceUnavailable";
 
 /// Formats the error and its causes, joined with ": ".
 pub fn error_chain(err: &dyn Error) -> String {
@@ -153,6 +159,21 @@ mod tests {
             failure.message,
             "failed to open the input: the input is empty (0 bytes)"
         );
+    }
+
+    #[test]
+    fn only_a_missing_source_is_a_permanent_http_failure() {
+        let status = |status| HttpError::Status {
+            method: "GET",
+            url: "http://storage/key".into(),
+            status,
+            body: String::new(),
+        };
+
+        assert!(classify_http(SOURCE_UNAVAILABLE, &status(404)).permanent);
+        assert!(!classify_http(SOURCE_UNAVAILABLE, &status(403)).permanent);
+        assert!(!classify_http("UploadFailed", &status(404)).permanent);
+        assert!(!classify_http("AssignmentUnavailable", &status(401)).permanent);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use protocol::{
 use thiserror::Error;
 
 use crate::controller_client::ControllerClient;
-use crate::failure::{classify_http, classify_transcode, Failure};
+use crate::failure::{classify_http, classify_transcode, Failure, SOURCE_UNAVAILABLE};
 use crate::source::Input;
 use crate::storage::{self, DownloadState};
 use crate::transcode::{transcode, TranscodeError};
@@ -109,10 +109,7 @@ async fn attempt(
 
     let response = storage::open_source(http, &assignment.source)
         .await
-        .map_err(|err| match err.status() {
-            Some(404 | 410) => Failure::permanent("SourceNotFound", &err),
-            _ => classify_http("SourceUnavailable", &err),
-        })?;
+        .map_err(|err| classify_http(SOURCE_UNAVAILABLE, &err))?;
     let source_len = response.content_length();
 
     let output = tempfile::NamedTempFile::new()
@@ -171,7 +168,7 @@ async fn transcode_with_progress(
 fn classify_with_download(err: &TranscodeError, state: &DownloadState) -> Failure {
     match state.failure() {
         Some(message) => Failure {
-            reason: "SourceUnavailable",
+            reason: SOURCE_UNAVAILABLE,
             message,
             permanent: false,
         },
