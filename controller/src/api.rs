@@ -4,15 +4,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::{middleware, Json, Router};
 use protocol::{Assignment, Callback, OutputFormat, PresignedRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
+use crate::auth::{bearer_token, constant_time_eq};
 use crate::metrics::Metrics;
 use crate::objectstore::{expiry_time, ObjectStore, ObjectStoreError, ObjectUrl};
 use crate::selector::LabelSelector;
@@ -20,11 +23,13 @@ use crate::sources::SourceLocator;
 use crate::spec::{self, FieldError, SpecError, TranscodeJob};
 use crate::status::{OutputStatus, Phase};
 use crate::store::{ApplyOutcome, AttemptOutcome, JobEvent, JobStore, StoreError, StoredJob};
+use crate::sync::SyncStatus;
+use crate::watch::{self, WatchFilter};
 
 /// Largest spec or callback body accepted.
-const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Lifetime of presigned URLs handed to users and workers.
-const PRESIGN_TTL: Duration = Duration::from_secs(12 * 60 * 60);
+pub const PRESIGN_TTL: Duration = Duration::from_secs(12 * 60 * 60);
 /// Lifetime of the download URL shown in a job's status; it is made anew on every read.
 const DOWNLOAD_TTL: Duration = Duration::from_secs(60 * 60);
 
@@ -34,6 +39,12 @@ pub struct AppState {
     pub objects: ObjectStore,
     pub sources: SourceLocator,
     pub metrics: Arc<Metrics>,
+    /// Bearer token of the user endpoints; `None` leaves them open.
+    pub api_token: Option<Arc<str>>,
+    /// Result of the GitOps sync, when a sync directory is configured.
+    pub sync: Option<SyncStatus>,
+    /// Cancelled on shutdown, so that open watch streams end and the server can stop.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -44,6 +55,9 @@ impl AppState {
             objects,
             sources,
             metrics,
+            api_token: None,
+            sync: None,
+            shutdown: CancellationToken::new(),
         }
     }
 }
@@ -61,6 +75,10 @@ pub enum ApiError {
     Conflict(String),
     #[error("missing or invalid worker token for job {0:?}")]
     Unauthorized(String),
+    #[error("missing or invalid API token; send the header Authorization: Bearer TOKEN")]
+    MissingApiToken,
+    #[error("GitOps sync is not enabled; start the controller with --sync-dir DIR")]
+    SyncDisabled,
     #[error("job store failed")]
     Store(#[from] StoreError),
     #[error("object store failed")]
@@ -74,7 +92,10 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, Vec::new()),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, Vec::new()),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, Vec::new()),
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, Vec::new()),
+            ApiError::Unauthorized(_) | ApiError::MissingApiToken => {
+                (StatusCode::UNAUTHORIZED, Vec::new())
+            }
+            ApiError::SyncDisabled => (StatusCode::NOT_FOUND, Vec::new()),
             ApiError::Store(StoreError::NotFound(_)) => (StatusCode::NOT_FOUND, Vec::new()),
             ApiError::Store(StoreError::BeingDeleted(_)) => (StatusCode::CONFLICT, Vec::new()),
             ApiError::Store(_) | ApiError::Objects(_) => {
@@ -104,11 +125,13 @@ pub struct ErrorBody {
     pub details: Vec<FieldError>,
 }
 
-/// Builds the API router.
+/// The OpenAPI 3.1 document of this API, kept beside the crate's manifest.
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+/// Builds the API router: user endpoints behind the optional API token, worker endpoints
+/// behind their per-attempt tokens, and open health, metrics and API description endpoints.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
+    let user = Router::new()
         .route("/v1/jobs", get(list_jobs))
         .route(
             "/v1/jobs/{name}",
@@ -116,11 +139,42 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/jobs/{name}/events", get(job_events))
         .route("/v1/jobs/{name}/upload-url", post(upload_url))
+        .route("/v1/sync", get(sync_status))
+        .merge(crate::compat::routes())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::require_user_token,
+        ));
+    let worker = Router::new()
         .route("/v1/jobs/{name}/assignment", get(assignment))
-        .route("/v1/jobs/{name}/callbacks", post(callback))
+        .route("/v1/jobs/{name}/callbacks", post(callback));
+
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .merge(user)
+        .merge(worker)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// A job name from the URL path, checked like `metadata.name`, so that no other form of name
+/// reaches a store key, an event key or an object key.
+#[derive(Debug, Clone)]
+pub struct JobName(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobName {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(name) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|err| ApiError::BadRequest(err.body_text()))?;
+        spec::check_name(&name).map_err(ApiError::BadRequest)?;
+        Ok(JobName(name))
+    }
 }
 
 /// Result of `PUT /v1/jobs/{name}`.
@@ -130,9 +184,18 @@ pub struct ApplyResponse {
     pub job: TranscodeJob,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplyQuery {
+    /// Report what the apply would do without storing anything.
+    #[serde(default)]
+    dry_run: bool,
+}
+
 async fn apply_job(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Query(query): Query<ApplyQuery>,
     body: String,
 ) -> Result<Response, ApiError> {
     let job = spec::parse(&body).map_err(ApiError::InvalidSpec)?;
@@ -147,6 +210,15 @@ async fn apply_job(
                 message,
             }],
         }));
+    }
+
+    if query.dry_run {
+        let (mut stored, outcome) = state.store.preview_apply(job)?;
+        if outcome == ApplyOutcome::Created {
+            stored.job.metadata.uid = None;
+        }
+        let job = render(&state, stored).await;
+        return Ok(Json(ApplyResponse { outcome, job }).into_response());
     }
 
     let (stored, outcome) = state.store.apply(job).await?;
@@ -166,6 +238,11 @@ async fn apply_job(
 struct ListQuery {
     label_selector: Option<String>,
     phase: Option<String>,
+    /// Stream changes as server-sent events instead of returning the list.
+    #[serde(default)]
+    watch: bool,
+    /// With `watch`: follow this job only.
+    name: Option<String>,
 }
 
 /// Body of `GET /v1/jobs`.
@@ -177,7 +254,7 @@ pub struct JobList {
 async fn list_jobs(
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
-) -> Result<Json<JobList>, ApiError> {
+) -> Result<Response, ApiError> {
     let selector = query
         .label_selector
         .as_deref()
@@ -190,27 +267,30 @@ async fn list_jobs(
         .map(str::parse::<Phase>)
         .transpose()
         .map_err(ApiError::BadRequest)?;
+    if let Some(name) = &query.name {
+        spec::check_name(name).map_err(ApiError::BadRequest)?;
+    }
+    let filter = WatchFilter {
+        selector,
+        phase,
+        name: query.name,
+    };
+    if query.watch {
+        return Ok(watch::watch_response(state, filter));
+    }
 
     let mut items = Vec::new();
     for stored in state.store.list()? {
-        let labels = &stored.job.metadata.labels;
-        if selector
-            .as_ref()
-            .is_some_and(|selector| !selector.matches(labels))
-        {
-            continue;
+        if filter.matches(&stored.job) {
+            items.push(render(&state, stored).await);
         }
-        if phase.is_some_and(|phase| stored.job.status.phase != phase) {
-            continue;
-        }
-        items.push(render(&state, stored).await);
     }
-    Ok(Json(JobList { items }))
+    Ok(Json(JobList { items }).into_response())
 }
 
 async fn get_job(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    JobName(name): JobName,
 ) -> Result<Json<TranscodeJob>, ApiError> {
     let stored = state.store.get(&name)?.ok_or(ApiError::NotFound(name))?;
     Ok(Json(render(&state, stored).await))
@@ -218,7 +298,7 @@ async fn get_job(
 
 async fn delete_job(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    JobName(name): JobName,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     // The reconciler destroys the job's machines first, then removes the job.
     if !state.store.request_deletion(&name).await? {
@@ -240,7 +320,7 @@ pub struct UploadUrl {
 
 async fn upload_url(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    JobName(name): JobName,
 ) -> Result<Json<UploadUrl>, ApiError> {
     let stored = state
         .store
@@ -265,7 +345,7 @@ async fn upload_url(
 
 async fn assignment(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    JobName(name): JobName,
     headers: HeaderMap,
 ) -> Result<Json<Assignment>, ApiError> {
     let stored = authorize_worker(&state, &name, &headers)?;
@@ -316,7 +396,7 @@ async fn assignment(
 
 async fn callback(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    JobName(name): JobName,
     headers: HeaderMap,
     Json(callback): Json<Callback>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -399,11 +479,7 @@ fn authorize_worker(
     headers: &HeaderMap,
 ) -> Result<StoredJob, ApiError> {
     let unauthorized = || ApiError::Unauthorized(name.to_owned());
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .ok_or_else(unauthorized)?;
+    let token = bearer_token(headers).ok_or_else(unauthorized)?;
 
     let stored = state.store.get(name)?.ok_or_else(unauthorized)?;
     let expected = stored
@@ -417,17 +493,8 @@ fn authorize_worker(
     Ok(stored)
 }
 
-fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
-    left.len() == right.len()
-        && left
-            .iter()
-            .zip(right)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
-
 /// Prepares a stored job for a response: a fresh download URL for its output.
-async fn render(state: &AppState, stored: StoredJob) -> TranscodeJob {
+pub(crate) async fn render(state: &AppState, stored: StoredJob) -> TranscodeJob {
     let mut job = stored.job;
     if let Some(output) = job.status.output.as_mut() {
         if let Ok(object) = ObjectUrl::parse(&output.url) {
@@ -455,7 +522,7 @@ pub struct EventList {
 
 async fn job_events(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    JobName(name): JobName,
 ) -> Result<Json<EventList>, ApiError> {
     if state.store.get(&name)?.is_none() {
         return Err(ApiError::NotFound(name));
@@ -463,4 +530,19 @@ async fn job_events(
     Ok(Json(EventList {
         items: state.store.events(&name)?,
     }))
+}
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI_JSON,
+    )
+        .into_response()
+}
+
+async fn sync_status(
+    State(state): State<AppState>,
+) -> Result<Json<crate::sync::SyncState>, ApiError> {
+    let status = state.sync.as_ref().ok_or(ApiError::SyncDisabled)?;
+    Ok(Json(status.snapshot()))
 }

@@ -2,10 +2,14 @@
 
 use std::path::Path;
 
+use eventsource_stream::Eventsource;
+use futures::{Stream, StreamExt};
 use reqwest::StatusCode;
 
 use crate::api::{ApplyResponse, ErrorBody, JobList, UploadUrl};
 use crate::spec::{FieldError, TranscodeJob};
+use crate::sync::SyncState;
+use crate::watch::WatchEvent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -33,6 +37,12 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    #[error("watch stream from {url} failed")]
+    Watch {
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("upload of {} was rejected with HTTP {status}: {body}", path.display())]
     Upload {
         path: std::path::PathBuf,
@@ -44,6 +54,7 @@ pub enum ClientError {
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     base: String,
+    token: Option<String>,
     http: reqwest::Client,
 }
 
@@ -51,30 +62,61 @@ impl ApiClient {
     pub fn new(base: &str) -> Self {
         Self {
             base: base.trim_end_matches('/').to_owned(),
+            token: None,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Sends `token` as the bearer token of every API request.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|token| !token.is_empty());
+        self
     }
 
     pub fn base(&self) -> &str {
         &self.base
     }
 
-    /// Applies one job given as JSON or YAML text.
-    pub async fn apply(&self, name: &str, body: String) -> Result<ApplyResponse, ClientError> {
+    /// A request to the API, with the bearer token when one is set.
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, url);
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Applies one job given as JSON or YAML text; with `dry_run` the server only reports what
+    /// it would do.
+    pub async fn apply(
+        &self,
+        name: &str,
+        body: String,
+        dry_run: bool,
+    ) -> Result<ApplyResponse, ClientError> {
         let url = format!("{}/v1/jobs/{name}", self.base);
-        let response = self
-            .http
-            .put(&url)
+        let mut request = self
+            .request(reqwest::Method::PUT, &url)
             .header("content-type", "application/yaml")
-            .body(body)
-            .send()
-            .await;
-        decode(&url, response).await
+            .body(body);
+        if dry_run {
+            request = request.query(&[("dryRun", "true")]);
+        }
+        decode(&url, request.send().await).await
     }
 
     pub async fn get(&self, name: &str) -> Result<TranscodeJob, ClientError> {
         let url = format!("{}/v1/jobs/{name}", self.base);
-        decode(&url, self.http.get(&url).send().await).await
+        decode(&url, self.request(reqwest::Method::GET, &url).send().await).await
+    }
+
+    /// The job, or `None` when it does not exist.
+    pub async fn find(&self, name: &str) -> Result<Option<TranscodeJob>, ClientError> {
+        match self.get(name).await {
+            Ok(job) => Ok(Some(job)),
+            Err(ClientError::Api { status: 404, .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     pub async fn list(
@@ -82,7 +124,7 @@ impl ApiClient {
         label_selector: Option<&str>,
     ) -> Result<Vec<TranscodeJob>, ClientError> {
         let url = format!("{}/v1/jobs", self.base);
-        let mut request = self.http.get(&url);
+        let mut request = self.request(reqwest::Method::GET, &url);
         if let Some(selector) = label_selector {
             request = request.query(&[("labelSelector", selector)]);
         }
@@ -90,10 +132,62 @@ impl ApiClient {
         Ok(list.items)
     }
 
+    /// Requests deletion of a job.
+    pub async fn delete(&self, name: &str) -> Result<(), ClientError> {
+        let url = format!("{}/v1/jobs/{name}", self.base);
+        let response = self.request(reqwest::Method::DELETE, &url).send().await;
+        let _: serde_json::Value = decode(&url, response).await?;
+        Ok(())
+    }
+
+    /// The state of the GitOps sync.
+    pub async fn sync_status(&self) -> Result<SyncState, ClientError> {
+        let url = format!("{}/v1/sync", self.base);
+        decode(&url, self.request(reqwest::Method::GET, &url).send().await).await
+    }
+
+    /// Follows job changes: first an `ADDED` event per matching job, then one event per change.
+    /// `name` restricts the stream to one job.
+    pub async fn watch(
+        &self,
+        label_selector: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<impl Stream<Item = Result<WatchEvent, ClientError>>, ClientError> {
+        let url = format!("{}/v1/jobs", self.base);
+        let mut query = vec![("watch", "true")];
+        query.extend(label_selector.map(|selector| ("labelSelector", selector)));
+        query.extend(name.map(|name| ("name", name)));
+        let response = self
+            .request(reqwest::Method::GET, &url)
+            .query(&query)
+            .send()
+            .await
+            .map_err(|source| ClientError::Connect {
+                url: url.clone(),
+                source,
+            })?;
+        if !response.status().is_success() {
+            return Err(error_from(&url, response).await);
+        }
+
+        let events = response.bytes_stream().eventsource();
+        Ok(events.map(move |event| {
+            let event = event.map_err(|err| ClientError::Watch {
+                url: url.clone(),
+                source: err.to_string().into(),
+            })?;
+            serde_json::from_str::<WatchEvent>(&event.data).map_err(|err| ClientError::Watch {
+                url: url.clone(),
+                source: Box::new(err),
+            })
+        }))
+    }
+
     /// Uploads a local file as the source of an `upload: true` job.
     pub async fn upload_source(&self, name: &str, path: &Path) -> Result<u64, ClientError> {
         let url = format!("{}/v1/jobs/{name}/upload-url", self.base);
-        let target: UploadUrl = decode(&url, self.http.post(&url).send().await).await?;
+        let response = self.request(reqwest::Method::POST, &url).send().await;
+        let target: UploadUrl = decode(&url, response).await?;
 
         let read_error = |source| ClientError::ReadFile {
             path: path.to_path_buf(),
@@ -141,14 +235,19 @@ async fn decode<T: serde::de::DeserializeOwned>(
         url: url.to_owned(),
         source,
     })?;
-    let status = response.status();
-    if status.is_success() {
+    if response.status().is_success() {
         return response.json().await.map_err(|source| ClientError::Decode {
             url: url.to_owned(),
             source,
         });
     }
+    Err(error_from(url, response).await)
+}
 
+/// The error of a failed response, with the server's message and field errors when it sent
+/// an [`ErrorBody`].
+async fn error_from(url: &str, response: reqwest::Response) -> ClientError {
+    let status = response.status();
     let text = response.text().await.unwrap_or_default();
     let (message, details) = match serde_json::from_str::<ErrorBody>(&text) {
         Ok(body) => (body.error, body.details),
@@ -162,11 +261,11 @@ async fn decode<T: serde::de::DeserializeOwned>(
     } else {
         message
     };
-    Err(ClientError::Api {
+    ClientError::Api {
         status: status.as_u16(),
         message,
         details,
-    })
+    }
 }
 
 /// Drops the query of a presigned URL so that its signature is never printed.

@@ -2,7 +2,10 @@
 //! Machines, the HTTP API, and the all-in-one local system.
 
 pub mod api;
+pub mod auth;
 pub mod client;
+pub mod compat;
+pub mod documents;
 pub mod local;
 pub mod machine_api;
 pub mod machine_template;
@@ -15,3 +18,5 @@ pub mod sources;
 pub mod spec;
 pub mod status;
 pub mod store;
+pub mod sync;
+pub mod watch;

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use fly_machines::client::{FlyClient, FlyClientConfig, RateLimits};
 use fly_machines::local::{LocalMachines, LocalMachinesConfig};
@@ -21,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::objectstore::{EmbeddedObjectStore, ObjectStore, ObjectStoreError};
 use crate::reconciler::{JobReconciler, ReconcilerSettings};
 use crate::store::{JobStore, StoreError};
+use crate::sync::{DirectorySync, SyncSettings, SyncStatus};
 
 /// Fly app name the local Machines API serves.
 pub const LOCAL_APP: &str = "transcoder-local";
@@ -81,6 +83,14 @@ pub struct LocalSystem {
 
 impl LocalSystem {
     pub async fn start(options: LocalOptions) -> Result<Self, StartError> {
+        Self::start_with(options, ControllerOptions::default()).await
+    }
+
+    /// Starts the local system with an API token or a sync directory.
+    pub async fn start_with(
+        options: LocalOptions,
+        controller: ControllerOptions,
+    ) -> Result<Self, StartError> {
         let data_dir = options.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
             path: data_dir.clone(),
@@ -127,7 +137,7 @@ impl LocalSystem {
             template,
             settings: options.reconciler.clone(),
         };
-        spawn_controller(&tasks, parts, api_listener, shutdown.clone());
+        spawn_controller_with(&tasks, parts, controller, api_listener, shutdown.clone());
         tasks.close();
 
         tracing::info!(api = %api_address, data_dir = %data_dir.display(), "local system started");
@@ -214,6 +224,20 @@ pub struct ControllerParts {
     pub settings: ReconcilerSettings,
 }
 
+/// Options of the user-facing parts of a controller.
+#[derive(Debug, Clone, Default)]
+pub struct ControllerOptions {
+    /// Bearer token the user endpoints require; `None` leaves them open.
+    pub api_token: Option<String>,
+    /// Directory whose spec files the store is kept equal to.
+    pub sync_dir: Option<PathBuf>,
+    /// Time between full sync passes; default [`DEFAULT_SYNC_INTERVAL`].
+    pub sync_interval: Option<Duration>,
+}
+
+/// Time between full sync passes when none is set.
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Spawns the reconciler and the HTTP API on `tasks`; both stop when `shutdown` is cancelled.
 pub fn spawn_controller(
     tasks: &TaskTracker,
@@ -221,12 +245,43 @@ pub fn spawn_controller(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) {
+    spawn_controller_with(
+        tasks,
+        parts,
+        ControllerOptions::default(),
+        listener,
+        shutdown,
+    );
+}
+
+/// Spawns the reconciler, the HTTP API and, with a sync directory, the directory sync on
+/// `tasks`; all stop when `shutdown` is cancelled.
+pub fn spawn_controller_with(
+    tasks: &TaskTracker,
+    parts: ControllerParts,
+    options: ControllerOptions,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) {
     let metrics = Arc::new(Metrics::default());
-    let state = AppState::new(
+    let mut state = AppState::new(
         parts.store.clone(),
         parts.objects.clone(),
         Arc::clone(&metrics),
     );
+    state.api_token = options.api_token.map(Arc::from);
+    state.shutdown = shutdown.clone();
+    if let Some(dir) = options.sync_dir {
+        let settings = SyncSettings {
+            dir,
+            interval: options.sync_interval.unwrap_or(DEFAULT_SYNC_INTERVAL),
+        };
+        let status = SyncStatus::new(&settings);
+        state.sync = Some(status.clone());
+        let sync = DirectorySync::new(parts.store.clone(), settings, status);
+        tasks.spawn(sync.run(shutdown.clone()));
+    }
+
     let reconciler = JobReconciler::new(
         parts.store,
         parts.fly,

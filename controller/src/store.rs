@@ -230,6 +230,22 @@ impl JobStore {
         Ok((stored, outcome))
     }
 
+    /// What [`JobStore::apply`] would store and report for `applied`, without writing.
+    pub fn preview_apply(
+        &self,
+        applied: TranscodeJob,
+    ) -> Result<(StoredJob, ApplyOutcome), StoreError> {
+        let name = applied.metadata.name.clone();
+        let existing = self.get(&name)?;
+        if existing
+            .as_ref()
+            .is_some_and(|job| job.job.metadata.deletion_timestamp.is_some())
+        {
+            return Err(StoreError::BeingDeleted(name));
+        }
+        Ok(merge_applied(existing, applied))
+    }
+
     /// Changes a stored job with `change`; nothing is written when `change` leaves it as it
     /// was. Returns the job as stored afterwards.
     pub async fn update(

@@ -1,12 +1,16 @@
 //! The `transcoder` command line: verbs, their flags, and what each prints.
 
 mod apply;
-mod documents;
+mod delete;
+mod diff;
 mod get;
 mod serve;
 mod up;
+mod wait;
+mod watch;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use controller::client::ApiClient;
@@ -27,11 +31,19 @@ pub enum Command {
     /// Run everything on this machine: object store, local machines, controller and API.
     Up(up::UpArgs),
     /// Run the controller against Fly's Machines API and an S3-compatible store.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Create or update jobs from spec files or directories.
     Apply(ApplyArgs),
+    /// Show what applying spec files would change. Exit code 0: no changes, 1: changes,
+    /// 2: errors.
+    Diff(DiffArgs),
+    /// Delete jobs by name or by the spec files that define them.
+    Delete(DeleteArgs),
     /// Show jobs.
     Get(GetArgs),
+    /// Wait until a job reaches a phase. Exit code 0: reached, 1: the job finished in another
+    /// phase or was deleted, 2: timeout or error.
+    Wait(WaitArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -43,6 +55,15 @@ pub struct ServerArgs {
         env = "TRANSCODER_SERVER"
     )]
     pub server: String,
+    /// Bearer token of the API, when the server requires one.
+    #[arg(long, env = "TRANSCODER_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ServerArgs {
+    pub fn client(&self) -> ApiClient {
+        ApiClient::new(&self.server).with_token(self.token.clone())
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -56,6 +77,62 @@ pub struct ApplyArgs {
     /// Local source for an `upload: true` job: NAME=FILE, or FILE when one job takes an upload.
     #[arg(long)]
     pub upload: Vec<apply::UploadArg>,
+    /// Show what each apply would do (created, configured, unchanged) and store nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Check every document, locally and with the server, and apply none if any is invalid.
+    #[arg(long)]
+    pub atomic: bool,
+    /// Delete jobs that match --selector but are not among the applied documents.
+    #[arg(long, requires = "selector")]
+    pub prune: bool,
+    /// Label selector that scopes --prune, e.g. show=weekly.
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+    /// Prune even when no document is applied or none of the matching jobs is among them.
+    #[arg(long, requires = "prune")]
+    pub force: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// Spec files or directories.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Also read subdirectories.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// Names of the jobs to delete.
+    #[arg(required_unless_present = "paths")]
+    pub names: Vec<String>,
+    /// Spec files or directories whose jobs to delete.
+    #[arg(short = 'f', long = "filename")]
+    pub paths: Vec<PathBuf>,
+    /// Also read subdirectories.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WaitArgs {
+    /// The job to wait for.
+    pub name: String,
+    /// What to wait for: phase=Pending, phase=Running, phase=Succeeded or phase=Failed.
+    #[arg(long = "for", default_value = "phase=Succeeded")]
+    pub wait_for: wait::WaitFor,
+    /// How long to wait, e.g. 30s, 10m or 1h.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -70,6 +147,10 @@ pub struct GetArgs {
     /// Label selector, e.g. show=weekly,tier!=free.
     #[arg(short = 'l', long)]
     pub selector: Option<String>,
+    /// Print a line per job and then one per change until interrupted; on a terminal each job
+    /// gets a progress bar instead.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -78,15 +159,44 @@ pub struct GetArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Up(args) => up::run(args).await,
-        Command::Serve(args) => serve::run(args).await,
+        Command::Serve(args) => serve::run(*args).await,
         Command::Apply(args) => run_apply(args).await,
+        Command::Diff(args) => {
+            let client = args.server.client();
+            Ok(diff::run(&client, &args.paths, args.recursive).await)
+        }
+        Command::Delete(args) => {
+            let client = args.server.client();
+            Ok(delete::run(&client, &args.names, &args.paths, args.recursive).await)
+        }
         Command::Get(args) => run_get(args).await,
+        Command::Wait(args) => {
+            let client = args.server.client();
+            let phase = args.wait_for.phase;
+            Ok(wait::run(&client, &args.name, phase, args.timeout).await)
+        }
     }
 }
 
 async fn run_apply(args: ApplyArgs) -> anyhow::Result<i32> {
-    let client = ApiClient::new(&args.server.server);
-    let report = apply::apply_paths(&client, &args.paths, args.recursive).await;
+    let client = args.server.client();
+    let options = apply::ApplyOptions {
+        recursive: args.recursive,
+        dry_run: args.dry_run,
+        atomic: args.atomic,
+        prune: args
+            .prune
+            .then(|| args.selector.clone())
+            .flatten()
+            .map(|selector| apply::PruneOptions {
+                selector,
+                force: args.force,
+            }),
+    };
+    let report = apply::apply_paths(&client, &args.paths, &options).await;
+    if args.dry_run {
+        return Ok(i32::from(report.failures > 0));
+    }
     let upload_failures = apply::upload_sources(&client, &args.upload, &report.upload_jobs).await;
     apply::report_waiting_uploads(&args.upload, &report.upload_jobs);
     Ok(if report.failures + upload_failures > 0 {
@@ -97,7 +207,11 @@ async fn run_apply(args: ApplyArgs) -> anyhow::Result<i32> {
 }
 
 async fn run_get(args: GetArgs) -> anyhow::Result<i32> {
-    let client = ApiClient::new(&args.server.server);
+    let client = args.server.client();
+    if args.watch {
+        let name = args.name.as_deref();
+        return Ok(watch::run(&client, args.selector.as_deref(), name, args.output).await);
+    }
     let result = match &args.name {
         Some(name) => client.get(name).await.map(|job| vec![job]),
         None => client.list(args.selector.as_deref()).await,

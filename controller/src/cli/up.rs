@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use controller::client::ApiClient;
-use controller::local::{LocalOptions, LocalSystem};
+use controller::local::{ControllerOptions, LocalOptions, LocalSystem};
 use controller::objectstore::ObjectUrl;
 use controller::reconciler::ReconcilerSettings;
 use controller::spec::TranscodeJob;
 use controller::status::Phase;
 
-use super::apply::{apply_paths, report_waiting_uploads, upload_sources, UploadArg};
+use super::apply::{apply_paths, report_waiting_uploads, upload_sources, ApplyOptions, UploadArg};
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -34,9 +34,33 @@ pub struct UpArgs {
     /// The `transcoder-worker` binary that local machines run. Default: next to this binary.
     #[arg(long, env = "TRANSCODER_WORKER_BIN")]
     pub worker_bin: Option<PathBuf>,
+    /// Keep the jobs equal to the spec files of this directory (GitOps); see GET /v1/sync.
+    #[arg(long, env = "TRANSCODER_SYNC_DIR")]
+    pub sync_dir: Option<PathBuf>,
+    /// Time between full passes over --sync-dir; file changes trigger a pass at once.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub sync_interval: Duration,
+    /// Bearer token that the user endpoints require. Required when --listen is not a loopback
+    /// address.
+    #[arg(long, env = "TRANSCODER_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
+    let api_token = args.api_token.clone().filter(|token| !token.is_empty());
+    if !args.listen.ip().is_loopback() && api_token.is_none() {
+        eprintln!(
+            "error: --listen {} is reachable from other hosts; set an API token with --api-token or TRANSCODER_API_TOKEN",
+            args.listen
+        );
+        return Ok(2);
+    }
+
+    let controller = ControllerOptions {
+        api_token: api_token.clone(),
+        sync_dir: args.sync_dir.clone(),
+        sync_interval: Some(args.sync_interval),
+    };
     let options = LocalOptions {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
@@ -44,7 +68,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         worker_bin: args.worker_bin.clone().unwrap_or_else(default_worker_bin),
         reconciler: local_settings(),
     };
-    let system = LocalSystem::start(options).await?;
+    let system = LocalSystem::start_with(options, controller).await?;
     println!(
         "transcoder is up: API {} , data in {}",
         system.api_url(),
@@ -53,8 +77,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
 
     let mut exit_code = 0;
     if !args.apply.is_empty() {
-        let client = ApiClient::new(&system.api_url());
-        let report = apply_paths(&client, &args.apply, false).await;
+        let client = ApiClient::new(&system.api_url()).with_token(api_token);
+        let report = apply_paths(&client, &args.apply, &ApplyOptions::default()).await;
         let upload_failures = upload_sources(&client, &args.upload, &report.upload_jobs).await;
         report_waiting_uploads(&args.upload, &report.upload_jobs);
         if report.failures + upload_failures > 0 {

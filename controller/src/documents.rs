@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use controller::spec::{self, SpecError, TranscodeJob};
+use crate::spec::{self, SpecError, TranscodeJob};
 
 /// One document from one file.
 #[derive(Debug, Clone)]
@@ -30,6 +30,14 @@ impl Document {
     pub fn parse(&self) -> Result<TranscodeJob, SpecError> {
         spec::parse(&self.text)
     }
+
+    /// The `metadata.name` of a document that may be invalid, when its YAML or JSON is
+    /// readable and the name is a string.
+    pub fn name_hint(&self) -> Option<String> {
+        let value: serde_yaml::Value = serde_yaml::from_str(&self.text).ok()?;
+        let name = value.get("metadata")?.get("name")?.as_str()?;
+        Some(name.to_owned())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,36 +53,45 @@ pub enum DocumentError {
 }
 
 /// Reads the documents of `path`: a file, or the `.yaml`, `.yml` and `.json` files of a
-/// directory (with `recursive`, of its subdirectories too), in name order.
+/// directory (with `recursive`, of its subdirectories too), in name order. The first file that
+/// cannot be read stops the reading.
 pub fn read_documents(path: &Path, recursive: bool) -> Result<Vec<Document>, DocumentError> {
-    let read_error = |source| DocumentError::Read {
+    let mut documents = Vec::new();
+    for file in spec_files(path, recursive)? {
+        documents.extend(read_file(&file)?);
+    }
+    Ok(documents)
+}
+
+/// The spec files at `path`: the file itself, or the spec files of a directory in name order.
+/// Entries whose names start with `.` (such as `.git`) are skipped.
+pub fn spec_files(path: &Path, recursive: bool) -> Result<Vec<PathBuf>, DocumentError> {
+    let metadata = std::fs::metadata(path).map_err(|source| DocumentError::Read {
         path: path.to_path_buf(),
         source,
-    };
-    let metadata = std::fs::metadata(path).map_err(read_error)?;
+    })?;
     if metadata.is_file() {
         if !is_spec_file(path) && path.extension().is_some() {
             return Err(DocumentError::NotSpec {
                 path: path.to_path_buf(),
             });
         }
-        let text = std::fs::read_to_string(path).map_err(read_error)?;
-        return Ok(split(path, &text));
+        return Ok(vec![path.to_path_buf()]);
     }
 
     let mut files = Vec::new();
     collect_files(path, recursive, &mut files)?;
     files.sort();
+    Ok(files)
+}
 
-    let mut documents = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|source| DocumentError::Read {
-            path: file.clone(),
-            source,
-        })?;
-        documents.extend(split(&file, &text));
-    }
-    Ok(documents)
+/// Reads one file and splits it into documents.
+pub fn read_file(path: &Path) -> Result<Vec<Document>, DocumentError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DocumentError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(split(path, &text))
 }
 
 fn collect_files(
@@ -87,7 +104,11 @@ fn collect_files(
         source,
     };
     for entry in std::fs::read_dir(dir).map_err(read_error)? {
-        let path = entry.map_err(read_error)?.path();
+        let entry = entry.map_err(read_error)?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
         if path.is_dir() {
             if recursive {
                 collect_files(&path, recursive, files)?;
@@ -99,11 +120,15 @@ fn collect_files(
     Ok(())
 }
 
+/// `.yaml`, `.yml` and `.json` files, except JSON Schemas (`*.schema.json`) such as the
+/// spec's own schema beside the examples.
 fn is_spec_file(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml" | "json")
-    )
+    let name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or_default();
+    let extension = path.extension().and_then(|e| e.to_str());
+    matches!(extension, Some("yaml" | "yml" | "json")) && !name.ends_with(".schema.json")
 }
 
 /// Splits a file into documents at YAML `---` separators, keeping each document's text
@@ -183,5 +208,29 @@ mod tests {
 
         assert_eq!(documents.len(), 1);
         assert_eq!(documents[0].line, 1);
+    }
+
+    #[test]
+    fn name_hint_reads_the_name_of_an_invalid_document() {
+        let documents = split(
+            Path::new("x.yaml"),
+            "metadata: {name: broken}\nspec: {output: {bitrateKbps: 100}}\n---\n: : :\n",
+        );
+
+        assert_eq!(documents[0].name_hint().as_deref(), Some("broken"));
+        assert_eq!(documents[1].name_hint(), None);
+    }
+
+    #[test]
+    fn hidden_directories_and_schemas_are_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join(".git")).expect("mkdir");
+        std::fs::write(dir.path().join(".git/config.yaml"), "a: 1\n").expect("write");
+        std::fs::write(dir.path().join("job.yaml"), "a: 1\n").expect("write");
+        std::fs::write(dir.path().join("job.schema.json"), "{}\n").expect("write");
+
+        let files = spec_files(dir.path(), true).expect("files");
+
+        assert_eq!(files, [dir.path().join("job.yaml")]);
     }
 }
