@@ -3,51 +3,16 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use controller::status::Phase;
-use support::{repo_root, sine_wav, upload, upload_spec, wait_for_job, worker_binary};
+use rand::{Rng, SeedableRng};
+use support::{
+    assert_no_machine_left, assert_one_machine_per_attempt, free_port, sine_wav, spawn_up,
+    start_machines, upload, upload_spec, wait_for_job, wait_healthy,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
-}
-
-fn spawn_up(port: u16, data_dir: &Path, log_name: &str) -> Child {
-    let log = std::fs::File::create(data_dir.with_file_name(log_name)).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_transcoder"))
-        .args(["up", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--worker-bin")
-        .arg(worker_binary())
-        .current_dir(repo_root())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("transcoder up starts")
-}
-
-async fn wait_healthy(api: &str) {
-    let http = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while tokio::time::Instant::now() < deadline {
-        if http
-            .get(format!("{api}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("transcoder up at {api} did not become healthy; see the up-*.log files");
-}
 
 /// Killing `up` while a long job runs keeps both jobs; after a restart the finished one is
 /// still Succeeded and the unfinished one completes.
@@ -59,7 +24,7 @@ async fn kill_during_job_keeps_jobs_and_finishes_them() {
     let api = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
 
-    let mut first = spawn_up(port, &data_dir, "up-first.log");
+    let mut first = spawn_up(port, &data_dir, None, "up-first.log");
     wait_healthy(&api).await;
     for (name, seconds) in [("short", 1), ("long", 240)] {
         let response = http
@@ -88,7 +53,7 @@ async fn kill_during_job_keeps_jobs_and_finishes_them() {
     first.kill().expect("kill -9 transcoder up");
     first.wait().expect("reap transcoder up");
 
-    let mut second = spawn_up(port, &data_dir, "up-second.log");
+    let mut second = spawn_up(port, &data_dir, None, "up-second.log");
     wait_healthy(&api).await;
     let short = wait_for_job(&api, "short", TIMEOUT, |_| true).await;
     let long = wait_for_job(&api, "long", TIMEOUT, |job| job.status.phase.is_finished()).await;
@@ -109,4 +74,64 @@ async fn kill_during_job_keeps_jobs_and_finishes_them() {
 
     second.kill().expect("stop transcoder up");
     second.wait().expect("reap transcoder up");
+}
+
+/// `kill -9` of the controller at random moments during a run of many jobs, each time
+/// followed by a restart against the same Machines API, loses no job and never gives one
+/// attempt two machines; in the end every job succeeds and no machine is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_kills_during_many_jobs_lose_nothing() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let data_dir = root.path().join("data");
+    let machines = start_machines(&root.path().join("machines")).await;
+    let machines_url = machines.base_url();
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let seed: u64 = rand::random();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    let mut controller = spawn_up(port, &data_dir, Some(&machines_url), "up-0.log");
+    wait_healthy(&api).await;
+    let names: Vec<String> = (0..12).map(|n| format!("job-{n}")).collect();
+    for (n, name) in names.iter().enumerate() {
+        let response = http
+            .put(format!("{api}/v1/jobs/{name}"))
+            .body(upload_spec(name, ""))
+            .send()
+            .await
+            .expect("apply");
+        assert_eq!(response.status(), 201, "apply {name}");
+        upload(&api, name, sine_wav(22050, 1, 1 + (n % 3) as u32 * 10)).await;
+    }
+
+    for round in 1..=4 {
+        // The kill moments are what is random here; nothing waits on this sleep.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..1500))).await;
+        controller.kill().expect("kill -9 transcoder up");
+        controller.wait().expect("reap transcoder up");
+        controller = spawn_up(
+            port,
+            &data_dir,
+            Some(&machines_url),
+            &format!("up-{round}.log"),
+        );
+        wait_healthy(&api).await;
+    }
+
+    for name in &names {
+        let job = wait_for_job(&api, name, TIMEOUT, |job| job.status.phase.is_finished()).await;
+        assert_eq!(
+            job.status.phase,
+            Phase::Succeeded,
+            "seed {seed}, job {name}: {:#?}",
+            job.status
+        );
+    }
+    assert_one_machine_per_attempt(&machines_url).await;
+    assert_no_machine_left(&machines_url).await;
+
+    controller.kill().expect("stop transcoder up");
+    controller.wait().expect("reap transcoder up");
+    machines.shutdown().await;
 }

@@ -3,13 +3,18 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use controller::local::{LocalOptions, LocalSystem};
+use controller::machine_template::AttemptRef;
 use controller::reconciler::ReconcilerSettings;
 use controller::spec::TranscodeJob;
+use fly_machines::local::{LocalMachines, LocalMachinesConfig};
+use fly_machines::types::{Machine, MachineState};
 use symphonia::core::codecs::audio::AudioDecoderOptions;
 use symphonia::core::formats::probe::Hint;
 use symphonia::core::formats::{FormatOptions, TrackType};
@@ -74,16 +79,51 @@ pub fn fast_settings() -> ReconcilerSettings {
 
 /// Starts the whole local system on loopback with its data under `data_dir`.
 pub async fn start_system(data_dir: &Path) -> LocalSystem {
+    start_system_with(data_dir, None).await
+}
+
+/// Starts the local system against the Machines API at `machines_api_url`, or its own one.
+pub async fn start_system_with(data_dir: &Path, machines_api_url: Option<String>) -> LocalSystem {
     let options = LocalOptions {
         listen: "127.0.0.1:0".parse().expect("address"),
         data_dir: data_dir.to_path_buf(),
-        machines_api_url: None,
+        machines_api_url,
         worker_bin: worker_binary(),
         reconciler: fast_settings(),
     };
     LocalSystem::start(options)
         .await
         .expect("local system starts")
+}
+
+/// Starts a local Machines API server of its own, so a test can switch its faults on and
+/// read its request log.
+pub async fn start_machines(log_dir: &Path) -> LocalMachines {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let config = LocalMachinesConfig {
+        app: controller::local::LOCAL_APP.to_owned(),
+        worker_bin: worker_binary(),
+        log_dir: log_dir.to_path_buf(),
+    };
+    LocalMachines::start(listener, config)
+        .await
+        .expect("local machines start")
+}
+
+/// Every machine the server knows, destroyed ones included.
+pub async fn all_machines(machines_url: &str) -> Vec<Machine> {
+    let url = format!(
+        "{machines_url}/apps/{}/machines?include_deleted=true",
+        controller::local::LOCAL_APP
+    );
+    reqwest::get(&url)
+        .await
+        .expect("list machines")
+        .json()
+        .await
+        .expect("machines JSON")
 }
 
 /// A spec whose source is an upload.
@@ -236,4 +276,92 @@ pub fn sine_wav(sample_rate: u32, channels: u16, seconds: u32) -> Vec<u8> {
     file.extend_from_slice(&(data.len() as u32).to_le_bytes());
     file.extend_from_slice(&data);
     file
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Starts `transcoder up` as a process, logging to `log_name` beside `data_dir`, against its
+/// own Machines API or the one at `machines_api_url`.
+pub fn spawn_up(
+    port: u16,
+    data_dir: &Path,
+    machines_api_url: Option<&str>,
+    log_name: &str,
+) -> Child {
+    let log = std::fs::File::create(data_dir.with_file_name(log_name)).expect("log file");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_transcoder"));
+    command
+        .args(["up", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--worker-bin")
+        .arg(worker_binary());
+    if let Some(url) = machines_api_url {
+        command.args(["--machines-api-url", url]);
+    }
+    command
+        .current_dir(repo_root())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("transcoder up starts")
+}
+
+/// Polls `/healthz` until the API answers.
+pub async fn wait_healthy(api: &str) {
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if http
+            .get(format!("{api}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("transcoder up at {api} did not become healthy; see the up-*.log files");
+}
+
+/// Fails when any attempt, identified by job uid, generation and attempt number, has more
+/// than one machine, destroyed ones included.
+pub async fn assert_one_machine_per_attempt(machines_url: &str) {
+    let mut per_attempt: BTreeMap<(String, u64, u32), Vec<String>> = BTreeMap::new();
+    for machine in all_machines(machines_url).await {
+        let owner = AttemptRef::of(&machine).expect("every machine carries attempt metadata");
+        per_attempt
+            .entry((owner.uid, owner.generation, owner.attempt))
+            .or_default()
+            .push(machine.id);
+    }
+    for (attempt, ids) in &per_attempt {
+        assert_eq!(ids.len(), 1, "attempt {attempt:?} has machines {ids:?}");
+    }
+}
+
+/// Polls until every machine is destroyed; machines auto-destroy a moment after they exit.
+pub async fn assert_no_machine_left(machines_url: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let live: Vec<(String, MachineState)> = all_machines(machines_url)
+            .await
+            .into_iter()
+            .filter(|machine| machine.state != MachineState::Destroyed)
+            .map(|machine| (machine.id, machine.state))
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "machines left behind: {live:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

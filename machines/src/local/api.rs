@@ -247,6 +247,7 @@ fn plan_for(shared: &Shared, machine: &Machine, config: &MachineConfig) -> Machi
         restart: RestartRule::from_config(config.restart.as_ref()),
         auto_destroy: config.auto_destroy.unwrap_or(false),
         state_change_delay: shared.faults.state_change_delay(),
+        fault: shared.faults.next_machine_fault(),
     }
 }
 

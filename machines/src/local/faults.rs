@@ -28,6 +28,19 @@ pub struct Faults {
     pub lose_create_responses: u32,
     /// Delay before each state change of a machine's lifecycle (starting, started, stopped).
     pub state_change_delay: Duration,
+    /// Kill the process of every n-th created machine with SIGKILL as soon as it starts, as a
+    /// host failure would; 0 turns it off.
+    pub crash_every: u32,
+    /// End the process of every n-th created machine as the kernel's OOM killer does: SIGKILL,
+    /// exit code 137 and `oom_killed: true` in the exit event; 0 turns it off.
+    pub out_of_memory_every: u32,
+}
+
+/// What an injected fault does to one machine's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MachineFault {
+    Crash,
+    OutOfMemory,
 }
 
 /// The fault switches and the request counter they apply to.
@@ -35,6 +48,19 @@ pub struct Faults {
 pub(crate) struct FaultInjector {
     faults: Mutex<Faults>,
     requests: AtomicU64,
+    creates: AtomicU64,
+    log: Mutex<Vec<RequestRecord>>,
+}
+
+/// Requests kept in the log; the older half is dropped when it is full.
+const MAX_LOGGED_REQUESTS: usize = 100_000;
+
+/// One request the server received, for tests that check a client's request rate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub at: tokio::time::Instant,
+    pub method: String,
+    pub path: String,
 }
 
 impl FaultInjector {
@@ -44,6 +70,40 @@ impl FaultInjector {
 
     pub(crate) fn state_change_delay(&self) -> Duration {
         self.lock().state_change_delay
+    }
+
+    fn record(&self, request: &Request) {
+        let record = RequestRecord {
+            at: tokio::time::Instant::now(),
+            method: request.method().to_string(),
+            path: request.uri().path().to_owned(),
+        };
+        let mut log = self
+            .log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if log.len() >= MAX_LOGGED_REQUESTS {
+            log.drain(..MAX_LOGGED_REQUESTS / 2);
+        }
+        log.push(record);
+    }
+
+    pub(crate) fn request_log(&self) -> Vec<RequestRecord> {
+        self.log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Picks the fault, if any, for the next created machine.
+    pub(crate) fn next_machine_fault(&self) -> Option<MachineFault> {
+        let count = self.creates.fetch_add(1, Ordering::Relaxed) + 1;
+        let faults = self.lock().clone();
+        let every = |n: u32| n > 0 && count.is_multiple_of(u64::from(n));
+        if every(faults.out_of_memory_every) {
+            return Some(MachineFault::OutOfMemory);
+        }
+        every(faults.crash_every).then_some(MachineFault::Crash)
     }
 
     /// Returns true, and counts it, when the next create response is to be lost.
@@ -100,6 +160,7 @@ pub(crate) async fn inject_request_faults(
     request: Request,
     next: Next,
 ) -> Response {
+    shared.faults.record(&request);
     match shared.faults.next_request_fault() {
         Some(response) => {
             debug!(status = response.status().as_u16(), path = %request.uri().path(), "injected machines api fault");

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use super::faults::MachineFault;
 use super::fleet::{now_rfc3339, AfterExit, Fleet};
 use super::process::{self, LaunchSpec, Outcome, ProcessCommand, ProcessExit};
 use crate::types::{ExitEvent, MachineInit, MachineRestart, MachineState, RestartPolicy};
@@ -31,6 +32,8 @@ pub(crate) struct MachinePlan {
     pub auto_destroy: bool,
     /// Injected pause before each state change; zero outside fault tests.
     pub state_change_delay: Duration,
+    /// Injected end of the first run of the process; `None` outside fault tests.
+    pub fault: Option<MachineFault>,
 }
 
 /// A machine's resolved restart policy.
@@ -108,7 +111,11 @@ pub(crate) async fn run_machine(
         if !fleet.transition(&plan.id, MachineState::Starting) {
             return;
         }
-        let running = match process::spawn(&plan.launch) {
+        let launch = match plan.fault.filter(|_| restarts == 0) {
+            Some(_) => plan.launch.doomed(),
+            None => plan.launch.clone(),
+        };
+        let running = match process::spawn(&launch) {
             Ok(running) => running,
             Err(error) => {
                 warn!(machine = %plan.id, error = %error, "machine process failed to start");
@@ -129,7 +136,9 @@ pub(crate) async fn run_machine(
 
         plan.pause_before_state_change().await;
         let after = plan.after_exit(&exit, restarts);
-        let applied = fleet.record_exit(&plan.id, &exit_event(&exit), restarts, after);
+        let mut event = exit_event(&exit);
+        event.oom_killed = restarts == 0 && plan.fault == Some(MachineFault::OutOfMemory);
+        let applied = fleet.record_exit(&plan.id, &event, restarts, after);
         if applied != AfterExit::Restart {
             return;
         }

@@ -27,7 +27,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{info, warn};
 
 use faults::FaultInjector;
-pub use faults::Faults;
+pub use faults::{Faults, RequestRecord};
 use fleet::Fleet;
 pub use fleet::DESTROYED_RETENTION;
 pub use lifecycle::WORKER_PROGRAM;
@@ -127,6 +127,11 @@ impl LocalMachines {
     /// Returns the address the server listens on.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The API requests received so far, in order; only the latest 100,000 at most.
+    pub fn request_log(&self) -> Vec<RequestRecord> {
+        self.shared.faults.request_log()
     }
 
     /// Replaces the faults the server injects.

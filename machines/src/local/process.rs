@@ -39,6 +39,18 @@ pub(crate) struct LaunchSpec {
     pub log_path: PathBuf,
 }
 
+impl LaunchSpec {
+    /// The same launch with a command that kills itself with SIGKILL at once, standing in for
+    /// a process that a host failure or the OOM killer ends.
+    pub(crate) fn doomed(&self) -> LaunchSpec {
+        LaunchSpec {
+            argv: ["sh", "-c", "kill -9 $$"].map(OsString::from).to_vec(),
+            env: self.env.clone(),
+            log_path: self.log_path.clone(),
+        }
+    }
+}
+
 /// Failure to start a machine's process.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProcessError {
