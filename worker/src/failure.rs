@@ -162,7 +162,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_missing_source_is_a_permanent_http_failure() {
+    fn http_failure_permanent_only_for_missing_source() {
         let status = |status| HttpError::Status {
             method: "GET",
             url: "http://storage/key".into(),

@@ -155,7 +155,7 @@ impl Read for ChannelReader {
 
 /// Uploads the file at `path` (`len` bytes) with the presigned PUT, retrying transient failures.
 // TODO-correctness: a PUT that stalls has no timeout of its own, so only the job's deadline
-// ends it; a timeout would need to scale with the file size and the link speed.
+// ends it. A timeout would need to scale with the file size and the link speed.
 pub async fn upload(
     http: &reqwest::Client,
     request: &PresignedRequest,
