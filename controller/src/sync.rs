@@ -219,11 +219,13 @@ impl DirectorySync {
                 }
             };
             let before = report.errors.len();
-            let names = self
+            let (names, unnamed) = self
                 .apply_documents(file, &documents, &mut desired, report)
                 .await;
-            if report.errors.len() > before {
-                self.keep_earlier_names(file, &mut desired, &mut names_by_file);
+            let failed = report.errors.len() > before;
+            let kept = failed && self.keep_earlier_names(file, &mut desired, &mut names_by_file);
+            if unnamed && !kept {
+                desired.unknown_files.push(file.display().to_string());
             }
 
             names_by_file.entry(file.clone()).or_default().extend(names);
@@ -233,16 +235,17 @@ impl DirectorySync {
         desired
     }
 
-    /// Applies the documents of one file; returns the names they define, invalid ones included
-    /// where the name is readable.
+    /// Applies the documents of one file. Returns the names they define, invalid ones included
+    /// where the name is readable, and whether an invalid document's name is unreadable.
     async fn apply_documents(
         &self,
         file: &Path,
         documents: &[Document],
         desired: &mut Desired,
         report: &mut SyncReport,
-    ) -> BTreeSet<String> {
+    ) -> (BTreeSet<String>, bool) {
         let mut names = BTreeSet::new();
+        let mut unnamed = false;
         for document in documents {
             let mut job = match document.parse() {
                 Ok(job) => job,
@@ -255,7 +258,7 @@ impl DirectorySync {
                             desired.kept.insert(name.clone());
                             names.insert(name);
                         }
-                        None => desired.unknown_files.push(file.display().to_string()),
+                        None => unnamed = true,
                     }
                     continue;
                 }
@@ -291,7 +294,7 @@ impl DirectorySync {
                 }),
             }
         }
-        names
+        (names, unnamed)
     }
 
     /// Keeps the jobs a file defined in the last pass, for a file that is unreadable or has
