@@ -13,6 +13,7 @@ use protocol::{
     EXIT_SUCCEEDED,
 };
 use thiserror::Error;
+use tracing::Instrument;
 
 use crate::controller_client::ControllerClient;
 use crate::failure::{classify_http, classify_transcode, Failure, SOURCE_UNAVAILABLE};
@@ -79,7 +80,8 @@ pub async fn run(env: JobEnv) -> i32 {
     };
     let controller = ControllerClient::new(http.clone(), &env.api_url, &env.job, &env.token);
 
-    let outcome = attempt(&http, &controller, &env).await;
+    let span = tracing::info_span!("attempt", job = %env.job, attempt = env.attempt);
+    let outcome = attempt(&http, &controller, &env).instrument(span).await;
     let (callback, code) = match &outcome {
         Ok(result) => (Callback::Succeeded(result.clone()), EXIT_SUCCEEDED),
         Err(failure) => {
@@ -138,7 +140,9 @@ async fn transcode_with_progress(
         .reopen()
         .map_err(|err| Failure::retryable("OutputWriteFailed", &err))?;
     let format = assignment.format.clone();
+    let span = tracing::Span::current();
     let mut task = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
         transcode(Input::Stream(Box::new(reader)), file, &format).map(|(_, result)| result)
     });
 
