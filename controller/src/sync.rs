@@ -10,8 +10,8 @@
 //! - Jobs the sync applies carry the label [`MANAGED_LABEL`]`=`[`MANAGED_VALUE`]; only those are
 //!   ever pruned, so jobs applied by hand stay.
 //! - A bad file is reported and skipped. The jobs it defined, by the name still readable in it
-//!   or by what it defined in an earlier pass, are kept rather than pruned; when neither tells
-//!   which jobs it defines, the pass prunes nothing.
+//!   or by what it defined in an earlier pass, are kept rather than pruned. When neither names
+//!   them, the pass prunes nothing.
 //! - The last pass's result (git revision, jobs applied, jobs pruned, errors by file) is
 //!   served at `GET /v1/sync`.
 
@@ -37,7 +37,7 @@ pub const MANAGED_VALUE: &str = "transcoder-sync";
 /// one pass.
 const SETTLE_TIME: Duration = Duration::from_millis(200);
 
-/// Where and how often to sync.
+/// Directory and period of the sync.
 #[derive(Debug, Clone)]
 pub struct SyncSettings {
     pub dir: PathBuf,
@@ -73,7 +73,7 @@ pub struct SyncReport {
     /// Jobs whose deletion the pass requested.
     pub pruned: Vec<String>,
     pub errors: Vec<SyncError>,
-    /// Why the pass pruned nothing, when it skipped pruning.
+    /// Reason the pass skipped pruning, if it did.
     #[serde(default)]
     pub prune_skipped: Option<String>,
 }
@@ -175,7 +175,7 @@ impl DirectorySync {
         tracing::info!("directory sync stopped");
     }
 
-    /// One pass: read, apply, prune, record.
+    /// Runs one pass: reads the files, applies, prunes and records the report.
     pub async fn pass(&mut self) -> SyncReport {
         let mut report = SyncReport {
             started_at: Some(Utc::now()),
@@ -360,7 +360,7 @@ impl DirectorySync {
     }
 }
 
-/// What a pass found in the directory.
+/// Jobs a pass found in the directory.
 #[derive(Debug, Default)]
 struct Desired {
     /// Valid jobs and the file that defines each.
@@ -382,7 +382,7 @@ impl Desired {
 fn watch_directory(dir: &Path, changed: mpsc::Sender<()>) -> Option<RecommendedWatcher> {
     let handler = move |event: notify::Result<notify::Event>| {
         if event.is_ok() {
-            // A full channel already holds a pending change.
+            // A full channel already contains a pending change.
             let _ = changed.try_send(());
         }
     };
@@ -464,7 +464,7 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// The commit checked out in the git work tree that contains `dir`, read from `.git/HEAD` and
+/// Reads the commit checked out in the git work tree that contains `dir`, read from `.git/HEAD` and
 /// the ref it names (a loose ref file or `packed-refs`).
 pub fn git_revision(dir: &Path) -> Option<String> {
     let git_dir = find_git_dir(dir)?;
@@ -493,8 +493,8 @@ pub fn git_revision(dir: &Path) -> Option<String> {
     })
 }
 
-/// The `.git` directory of the work tree that contains `dir`; a `.git` file points to it with
-/// `gitdir: PATH`.
+/// Finds the `.git` directory of the work tree that contains `dir`. A `.git` file points to it
+/// with `gitdir: PATH`.
 fn find_git_dir(dir: &Path) -> Option<PathBuf> {
     let start = dir.canonicalize().ok()?;
     for candidate in start.ancestors().map(|path| path.join(".git")) {

@@ -25,7 +25,7 @@ use crate::status::Phase;
 /// How often a stream compares the store with its snapshot.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Which jobs a list or a watch returns. Every set part must match.
+/// Filter of a list or a watch. Every part that is set must match.
 #[derive(Debug, Clone, Default)]
 pub struct WatchFilter {
     pub selector: Option<LabelSelector>,
@@ -47,7 +47,7 @@ impl WatchFilter {
     }
 }
 
-/// What happened to a job.
+/// Kind of change to a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum WatchEventKind {

@@ -42,7 +42,7 @@ impl std::str::FromStr for UploadArg {
     }
 }
 
-/// How `apply` treats the documents it reads.
+/// Options of `apply`.
 #[derive(Debug, Clone, Default)]
 pub struct ApplyOptions {
     /// Read subdirectories too.
@@ -62,7 +62,7 @@ pub struct PruneOptions {
     pub force: bool,
 }
 
-/// What one `apply` did.
+/// Result of one `apply`.
 #[derive(Debug, Default)]
 pub struct ApplyReport {
     /// Names of the jobs applied, in order.
@@ -175,7 +175,7 @@ async fn check_with_server(
     }
 }
 
-/// The jobs to prune: those that match the selector and are not applied now. Rejects a prune
+/// Returns the jobs to prune: those that match the selector and are not applied now. Rejects a prune
 /// that looks like a mistake: an empty applied set, or one that shares no job with the
 /// selection.
 async fn plan_prune(

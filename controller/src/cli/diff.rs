@@ -80,7 +80,7 @@ pub async fn run(client: &ApiClient, paths: &[PathBuf], recursive: bool) -> i32 
     }
 }
 
-/// The fields that applying `desired` changes: its labels and spec against the stored ones.
+/// Lists the fields that applying `desired` changes: its labels and spec against the stored ones.
 pub fn field_changes(live: Option<&TranscodeJob>, desired: &TranscodeJob) -> Vec<FieldChange> {
     let before = live.map(user_fields).unwrap_or_default();
     let after = user_fields(desired);
@@ -112,7 +112,7 @@ fn change_path(change: &FieldChange) -> &str {
     }
 }
 
-/// The fields an apply sets, flattened to dotted paths: `metadata.labels` and `spec`.
+/// Collects the fields an apply sets, flattened to dotted paths: `metadata.labels` and `spec`.
 fn user_fields(job: &TranscodeJob) -> BTreeMap<String, Value> {
     let value = json!({
         "metadata": { "labels": job.metadata.labels },

@@ -127,7 +127,7 @@ pub struct DeleteArgs {
 pub struct WaitArgs {
     /// The job to wait for.
     pub name: String,
-    /// What to wait for: phase=Pending, phase=Running, phase=Succeeded or phase=Failed.
+    /// Condition to wait for: phase=Pending, phase=Running, phase=Succeeded or phase=Failed.
     #[arg(long = "for", default_value = "phase=Succeeded")]
     pub wait_for: wait::WaitFor,
     /// How long to wait, e.g. 30s, 10m or 1h.
