@@ -49,7 +49,6 @@ pub struct Mp3Writer {
     channels: usize,
     file: BufWriter<File>,
     buffer: Vec<u8>,
-    scratch: Vec<Vec<f32>>,
     frames: u64,
     clamped_samples: u64,
 }
@@ -63,25 +62,22 @@ impl Mp3Writer {
             channels: usize::from(plan.channels),
             file: BufWriter::with_capacity(1 << 16, file),
             buffer: Vec::new(),
-            scratch: vec![Vec::new(); usize::from(plan.channels)],
             frames: 0,
             clamped_samples: 0,
         })
     }
 
-    /// Encodes planar samples, one `Vec` per output channel.
-    pub fn write(&mut self, planes: &[Vec<f32>]) -> Result<(), Mp3WriteError> {
+    /// Encodes planar samples, one `Vec` per output channel, sanitising them in place first.
+    pub fn write(&mut self, planes: &mut [Vec<f32>]) -> Result<(), Mp3WriteError> {
+        for plane in planes.iter_mut() {
+            self.clamped_samples += sanitise(plane);
+        }
         let frames = planes.first().map_or(0, Vec::len);
         let mut offset = 0;
         while offset < frames {
-            let take = FRAMES_PER_CALL.min(frames - offset);
-            for (scratch, plane) in self.scratch.iter_mut().zip(planes) {
-                scratch.clear();
-                scratch.extend_from_slice(&plane[offset..offset + take]);
-                self.clamped_samples += sanitise(scratch);
-            }
-            self.encode_scratch(take)?;
-            offset += take;
+            let end = frames.min(offset + FRAMES_PER_CALL);
+            self.encode_range(planes, offset..end)?;
+            offset = end;
         }
         Ok(())
     }
@@ -125,17 +121,22 @@ impl Mp3Writer {
         Ok((file, summary))
     }
 
-    fn encode_scratch(&mut self, frames: usize) -> Result<(), Mp3WriteError> {
+    fn encode_range(
+        &mut self,
+        planes: &[Vec<f32>],
+        range: std::ops::Range<usize>,
+    ) -> Result<(), Mp3WriteError> {
+        let frames = range.len();
         self.buffer.clear();
         self.buffer
             .reserve(mp3lame_encoder::max_required_buffer_size(frames));
         let result = if self.channels == 1 {
             self.encoder
-                .encode_to_vec(MonoPcm(&self.scratch[0][..]), &mut self.buffer)
+                .encode_to_vec(MonoPcm(&planes[0][range]), &mut self.buffer)
         } else {
             let input = DualPcm {
-                left: &self.scratch[0][..],
-                right: &self.scratch[1][..],
+                left: &planes[0][range.clone()],
+                right: &planes[1][range],
             };
             self.encoder.encode_to_vec(input, &mut self.buffer)
         };

@@ -225,8 +225,8 @@ fn encode_blocks(
     mut writer: Mp3Writer,
     blocks: Receiver<Vec<Vec<f32>>>,
 ) -> Result<(File, Mp3Summary), TranscodeError> {
-    for block in blocks {
-        writer.write(&block)?;
+    for mut block in blocks {
+        writer.write(&mut block)?;
     }
     Ok(writer.finish()?)
 }
