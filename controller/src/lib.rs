@@ -14,6 +14,7 @@ pub mod objectstore;
 pub mod queue;
 pub mod reconciler;
 pub mod selector;
+pub mod slots;
 pub mod sources;
 pub mod spec;
 pub mod status;

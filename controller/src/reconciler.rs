@@ -31,6 +31,7 @@ use crate::machine_template::{machine_name, AttemptRef, MachineTemplate};
 use crate::metrics::Metrics;
 use crate::objectstore::{random_hex, ObjectStore, ObjectStoreError};
 use crate::queue::JobQueue;
+use crate::slots::MachineSlots;
 use crate::sources::SourceLocator;
 use crate::status::Phase;
 use crate::store::{AttemptOutcome, AttemptRecord, JobStore, StoreError, StoredJob};
@@ -149,6 +150,7 @@ pub struct JobReconciler {
     store: JobStore,
     fly: MachineApi,
     metrics: Arc<Metrics>,
+    slots: MachineSlots,
     objects: ObjectStore,
     sources: SourceLocator,
     template: MachineTemplate,
@@ -169,6 +171,7 @@ impl JobReconciler {
             store,
             fly: MachineApi::new(fly, Arc::clone(&metrics)),
             metrics,
+            slots: MachineSlots::new(settings.max_concurrent_machines),
             objects,
             sources,
             template,
@@ -244,9 +247,15 @@ impl JobReconciler {
         tracing::info!("reconciler stopped");
     }
 
+    /// Queues every job and recounts the machine slots from the store.
     fn queue_all(&self, queue: &mut JobQueue) -> usize {
         match self.store.list() {
             Ok(jobs) => {
+                let live = jobs
+                    .iter()
+                    .filter(|job| holds_machine(job))
+                    .map(|job| job.name().to_owned());
+                self.slots.reset(live);
                 jobs.iter()
                     .for_each(|job| queue.schedule(job.name(), Duration::ZERO));
                 jobs.len()
@@ -355,8 +364,12 @@ impl JobReconciler {
     pub async fn reconcile(&self, name: &str) -> Result<Action, ReconcileError> {
         let store_error = |err| ReconcileError::Store(name.to_owned(), err);
         let Some(job) = self.store.get(name).map_err(store_error)? else {
+            self.slots.release(name);
             return self.clean_up_deleted(name).await;
         };
+        if !holds_machine(&job) {
+            self.slots.release(name);
+        }
 
         if job.job.metadata.deletion_timestamp.is_some() {
             return self.delete(job).await;
@@ -373,6 +386,14 @@ impl JobReconciler {
         }
         if job.job.spec.suspend {
             return self.suspend(job).await;
+        }
+        let suspended = job.job.status.condition("Suspended");
+        if suspended.is_some_and(|condition| condition.status == "True") {
+            self.update(name, |stored| {
+                let message = "spec.suspend is false";
+                stored.job.status.set_condition("Suspended", false, "Resumed", message);
+            })
+            .await?;
         }
         if let Some(action) = self.enforce_deadline(&job).await? {
             return Ok(action);
@@ -516,20 +537,14 @@ impl JobReconciler {
                 return Ok(Action::Requeue(wait));
             }
         }
+        if self.slots.is_full() {
+            return self.wait_for_slot(&job).await;
+        }
         if let Some(action) = self.wait_for_source(&job).await? {
             return Ok(action);
         }
-        if self.live_attempts()? >= self.settings.max_concurrent_machines {
-            self.update(job.name(), |stored| {
-                stored.job.status.set_condition(
-                    "Queued",
-                    true,
-                    "MachineLimit",
-                    "waiting for a free machine slot",
-                );
-            })
-            .await?;
-            return Ok(Action::Requeue(self.settings.poll_interval));
+        if !self.slots.try_acquire(job.name()) {
+            return self.wait_for_slot(&job).await;
         }
 
         let number = job.job.status.attempts + 1;
@@ -544,6 +559,7 @@ impl JobReconciler {
             created_at: Utc::now(),
             create_sent_at: None,
             region_index: 0,
+            machine_released: false,
             outcome: None,
         };
 
@@ -620,23 +636,17 @@ impl JobReconciler {
         )))
     }
 
-    /// Counts attempts that hold or may soon hold a machine.
-    // TODO-performance: this reads every job; keep a counter once job counts reach the thousands.
-    fn live_attempts(&self) -> Result<usize, ReconcileError> {
-        let jobs = self
-            .store
-            .list()
-            .map_err(|err| ReconcileError::Store(String::new(), err))?;
-        let live = jobs
-            .iter()
-            .filter(|job| !job.job.status.phase.is_finished())
-            .filter(|job| {
-                job.attempt
-                    .as_ref()
-                    .is_some_and(|attempt| attempt.outcome.is_none())
-            })
-            .count();
-        Ok(live)
+    async fn wait_for_slot(&self, job: &StoredJob) -> Result<Action, ReconcileError> {
+        self.update(job.name(), |stored| {
+            stored.job.status.set_condition(
+                "Queued",
+                true,
+                "MachineLimit",
+                "waiting for a free machine slot",
+            );
+        })
+        .await?;
+        Ok(Action::Requeue(self.settings.poll_interval))
     }
 
     /// Creates the machine of an attempt whose earlier create failed or went unanswered. A
@@ -1058,24 +1068,34 @@ impl JobReconciler {
         Ok(())
     }
 
+    /// Makes sure the current attempt's machine is gone, and remembers that it is.
     async fn destroy_attempt_machine(&self, job: &StoredJob) -> Result<(), ReconcileError> {
-        let Some(machine_id) = job
+        let Some(attempt) = job
             .attempt
             .as_ref()
-            .and_then(|attempt| attempt.machine_id.clone())
+            .filter(|attempt| !attempt.machine_released)
         else {
             return Ok(());
         };
+        let Some(machine_id) = attempt.machine_id.clone() else {
+            return Ok(());
+        };
         match self.fly.get(&machine_id).await {
-            Ok(machine) if is_gone(machine.state) => Ok(()),
-            Ok(_) => self.destroy(job.name(), &machine_id).await,
-            Err(err) if err.is_not_found() => Ok(()),
-            Err(source) => Err(ReconcileError::GetMachine {
-                job: job.name().to_owned(),
-                machine: machine_id,
-                source,
-            }),
+            Ok(machine) if is_gone(machine.state) => {}
+            Ok(_) => self.destroy(job.name(), &machine_id).await?,
+            Err(err) if err.is_not_found() => {}
+            Err(source) => {
+                return Err(ReconcileError::GetMachine {
+                    job: job.name().to_owned(),
+                    machine: machine_id,
+                    source,
+                })
+            }
         }
+        self.update_attempt(job.name(), attempt.number, |current| {
+            current.machine_released = true
+        })
+        .await
     }
 
     async fn destroy(&self, job: &str, machine: &str) -> Result<(), ReconcileError> {
@@ -1116,6 +1136,14 @@ impl JobReconciler {
             tracing::warn!(job = %name, error = %err, "failed to record job event");
         }
     }
+}
+
+/// True while the job's current attempt has, or may soon have, a machine that is not known
+/// to be destroyed.
+fn holds_machine(job: &StoredJob) -> bool {
+    job.attempt.as_ref().is_some_and(|attempt| {
+        !attempt.machine_released && (attempt.outcome.is_none() || attempt.machine_id.is_some())
+    })
 }
 
 /// True for the error shapes Fly uses when a region has no room for the machine.

@@ -96,6 +96,9 @@ pub struct AttemptRecord {
     /// in turn after a capacity error.
     #[serde(default)]
     pub region_index: usize,
+    /// True once the machine is known to be destroyed, so finished jobs cost no API calls.
+    #[serde(default)]
+    pub machine_released: bool,
     /// The worker's final report, once it arrived.
     #[serde(default)]
     pub outcome: Option<AttemptOutcome>,

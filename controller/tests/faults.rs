@@ -11,8 +11,8 @@ use controller::spec::TranscodeJob;
 use controller::status::Phase;
 use fly_machines::local::{Faults, LocalMachines, RequestRecord};
 use support::{
-    assert_no_machine_left, assert_one_machine_per_attempt, sine_wav, start_machines,
-    start_system_with, upload, upload_spec, wait_for_job,
+    assert_no_machine_left, assert_one_machine_per_attempt, fast_settings, sine_wav,
+    start_machines, start_system_configured, start_system_with, upload, upload_spec, wait_for_job,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -435,6 +435,72 @@ async fn resync_destroys_orphan_machines() {
     );
 
     assert_no_machine_left(&machines.base_url()).await;
+
+    system.shutdown().await;
+    machines.shutdown().await;
+}
+
+/// With `max_concurrent_machines` at 2, six jobs applied at once queue: no more than two
+/// machines are ever created, starting or started at once, and all six succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn machine_limit_queues_jobs_instead_of_creating_machines() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let machines = start_machines(&root.path().join("machines")).await;
+    machines.set_faults(Faults {
+        state_change_delay: Duration::from_millis(300),
+        ..Faults::default()
+    });
+    let settings = controller::reconciler::ReconcilerSettings {
+        max_concurrent_machines: 2,
+        ..fast_settings()
+    };
+    let system = start_system_configured(
+        &root.path().join("data"),
+        Some(machines.base_url()),
+        settings,
+    )
+    .await;
+    let api = system.api_url();
+
+    let jobs = names("queued", 6);
+    for name in &jobs {
+        submit(&api, name, 3, sine_wav(22050, 1, 1)).await;
+    }
+    let mut most_live = 0;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let machines_now = support::all_machines(&machines.base_url()).await;
+        let live = machines_now
+            .iter()
+            .filter(|m| {
+                use fly_machines::types::MachineState::{Created, Started, Starting};
+                matches!(m.state, Created | Starting | Started)
+            })
+            .count();
+        most_live = most_live.max(live);
+        let list: serde_json::Value = reqwest::get(format!("{api}/v1/jobs"))
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("JSON");
+        let items = list["items"].as_array().expect("items");
+        if items
+            .iter()
+            .all(|job| job["status"]["phase"] == "Succeeded")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "jobs did not finish: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    assert!(most_live <= 2, "{most_live} machines were live at once");
+    assert!(most_live >= 1);
+    assert_one_machine_per_attempt(&machines.base_url()).await;
 
     system.shutdown().await;
     machines.shutdown().await;

@@ -84,12 +84,21 @@ pub async fn start_system(data_dir: &Path) -> LocalSystem {
 
 /// Starts the local system against the Machines API at `machines_api_url`, or its own one.
 pub async fn start_system_with(data_dir: &Path, machines_api_url: Option<String>) -> LocalSystem {
+    start_system_configured(data_dir, machines_api_url, fast_settings()).await
+}
+
+/// Starts the local system with the given reconciler settings.
+pub async fn start_system_configured(
+    data_dir: &Path,
+    machines_api_url: Option<String>,
+    reconciler: ReconcilerSettings,
+) -> LocalSystem {
     let options = LocalOptions {
         listen: "127.0.0.1:0".parse().expect("address"),
         data_dir: data_dir.to_path_buf(),
         machines_api_url,
         worker_bin: worker_binary(),
-        reconciler: fast_settings(),
+        reconciler,
     };
     LocalSystem::start(options)
         .await
