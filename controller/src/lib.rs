@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod compat;
+pub mod config;
 pub mod documents;
 pub mod local;
 pub mod machine_api;

@@ -3,6 +3,7 @@
 mod cli;
 
 use clap::Parser;
+use controller::config::{LogFormat, ENV_LOG_FORMAT};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -27,16 +28,23 @@ fn main() -> std::process::ExitCode {
 }
 
 /// Logs go to stderr; `RUST_LOG` sets the filter and `TRANSCODER_LOG_FORMAT=json` switches to
-/// JSON lines.
+/// JSON lines with the fields of the enclosing spans. An unknown format falls back to text with a
+/// warning here, and `serve` rejects it as a configuration problem.
 fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("warn,controller=info,fly_machines=info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("warn,controller=info,transcoder=info,fly_machines=info")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if std::env::var("TRANSCODER_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
-    } else {
-        builder.init();
+
+    let requested = std::env::var(ENV_LOG_FORMAT).ok();
+    match LogFormat::parse(requested.as_deref()) {
+        Ok(LogFormat::Json) => builder.json().flatten_event(true).init(),
+        Ok(LogFormat::Text) => builder.init(),
+        Err(message) => {
+            builder.init();
+            tracing::warn!("{ENV_LOG_FORMAT}: {message}; logging as text");
+        }
     }
 }

@@ -21,7 +21,7 @@ fn serve_with(vars: &[(&str, &str)]) -> Output {
     command.output().expect("transcoder runs")
 }
 
-/// The `  - VARIABLE ...` lines of the problem list.
+/// Returns the `  - VARIABLE ...` lines of the problem list.
 fn problem_lines(stderr: &str) -> Vec<&str> {
     stderr
         .lines()
@@ -137,7 +137,7 @@ fn malformed_values_are_reported_with_missing_ones() {
 #[test]
 fn flag_values_are_checked_like_variables() {
     let output = Command::new(env!("CARGO_BIN_EXE_transcoder"))
-        .args(["serve", "--listen", "300.1.1.1:80", "--s3-region", "-bad-"])
+        .args(["serve", "--listen", "300.1.1.1:80", "--s3-region=-bad-"])
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .output()

@@ -1,178 +1,98 @@
 //! `transcoder serve`: the controller against Fly's Machines API and an S3-compatible store.
+//!
+//! Start-up checks the whole configuration first and exits with [`EXIT_CONFIG`] listing every
+//! problem. On SIGTERM or SIGINT the API stops accepting connections and finishes the requests
+//! in flight, the reconciler lets its passes in flight finish, and the job database is closed,
+//! all within [`SHUTDOWN_GRACE`].
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::time::Duration;
 
+use anyhow::Context;
+pub use controller::config::ServeArgs;
+use controller::config::ServeConfig;
 use controller::local::{spawn_controller, ControllerParts};
-use controller::machine_template::MachineTemplate;
-use controller::objectstore::{ObjectStore, StoreSettings};
-use controller::reconciler::ReconcilerSettings;
+use controller::objectstore::ObjectStore;
 use controller::store::JobStore;
-use fly_machines::client::{FlyClient, FlyClientConfig, RateLimits};
+use fly_machines::client::FlyClient;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {
-    /// Address of the HTTP API.
-    #[arg(long, default_value = "0.0.0.0:8080", env = "TRANSCODER_LISTEN")]
-    pub listen: SocketAddr,
-    /// Directory of the job database (a Fly volume in production).
-    #[arg(long, default_value = "/data", env = "TRANSCODER_DATA_DIR")]
-    pub data_dir: PathBuf,
-    /// Base URL of the Fly Machines API.
-    #[arg(
-        long,
-        default_value = "https://api.machines.dev/v1",
-        env = "FLY_MACHINES_API_URL"
-    )]
-    pub machines_api_url: String,
-    /// Fly API token.
-    #[arg(long, env = "FLY_API_TOKEN", hide_env_values = true)]
-    pub fly_api_token: Option<String>,
-    /// Fly app whose machines run the workers.
-    #[arg(long, env = "FLY_WORKER_APP_NAME")]
-    pub worker_app: Option<String>,
-    /// Image of worker machines. Default: this machine's own image (FLY_IMAGE_REF).
-    #[arg(long, env = "FLY_WORKER_IMAGE")]
-    pub worker_image: Option<String>,
-    /// URL at which workers reach this controller, e.g. http://transcoder.flycast:8080.
-    #[arg(long, env = "TRANSCODER_PUBLIC_URL")]
-    pub public_url: Option<String>,
-    /// Region for jobs that name none.
-    #[arg(long, env = "FLY_WORKER_REGION")]
-    pub region: Option<String>,
-    /// Endpoint of an S3-compatible store; unset for AWS S3.
-    #[arg(long, env = "S3_ENDPOINT_URL")]
-    pub s3_endpoint: Option<String>,
-    /// Region of the store; `auto` for Cloudflare R2.
-    #[arg(long, default_value = "auto", env = "S3_REGION")]
-    pub s3_region: String,
-    /// Bucket for uploads and default outputs.
-    #[arg(long, env = "S3_BUCKET")]
-    pub bucket: Option<String>,
-    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
-    pub access_key_id: Option<String>,
-    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
-    pub secret_access_key: Option<String>,
-    /// Live worker machines allowed at once.
-    #[arg(long, default_value_t = 20, env = "TRANSCODER_MAX_CONCURRENT_MACHINES")]
-    pub max_concurrent_machines: usize,
-}
+/// Exit code of a start with a missing or malformed setting.
+pub const EXIT_CONFIG: i32 = 2;
 
-/// Settings checked all at once, so that one start-up names every problem.
-struct Checked {
-    token: String,
-    app: String,
-    image: String,
-    public_url: String,
-    store: StoreSettings,
-}
-
-fn check(args: &ServeArgs) -> Result<Checked, Vec<String>> {
-    let mut problems = Vec::new();
-    let mut require = |value: Option<String>, what: &str| {
-        if value.as_deref().is_none_or(str::is_empty) {
-            problems.push(what.to_owned());
-        }
-        value.unwrap_or_default()
-    };
-
-    let token = require(
-        args.fly_api_token.clone(),
-        "FLY_API_TOKEN (--fly-api-token) is not set",
-    );
-    let app = require(
-        args.worker_app.clone(),
-        "FLY_WORKER_APP_NAME (--worker-app) is not set",
-    );
-    let image = require(
-        args.worker_image
-            .clone()
-            .or_else(|| std::env::var("FLY_IMAGE_REF").ok()),
-        "FLY_WORKER_IMAGE (--worker-image) is not set and FLY_IMAGE_REF is absent",
-    );
-    let public_url = require(
-        args.public_url.clone(),
-        "TRANSCODER_PUBLIC_URL (--public-url) is not set",
-    );
-    let bucket = require(args.bucket.clone(), "S3_BUCKET (--bucket) is not set");
-    let access_key_id = require(args.access_key_id.clone(), "AWS_ACCESS_KEY_ID is not set");
-    let secret_access_key = require(
-        args.secret_access_key.clone(),
-        "AWS_SECRET_ACCESS_KEY is not set",
-    );
-    if args.max_concurrent_machines == 0 {
-        problems.push("TRANSCODER_MAX_CONCURRENT_MACHINES must be at least 1".to_owned());
-    }
-
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    let store = StoreSettings {
-        endpoint: args.s3_endpoint.clone(),
-        region: args.s3_region.clone(),
-        access_key_id,
-        secret_access_key,
-        default_bucket: bucket,
-    };
-    Ok(Checked {
-        token,
-        app,
-        image,
-        public_url,
-        store,
-    })
-}
+/// Time the API and the reconciler get to finish after a stop signal. Every job write is
+/// flushed when it is made, so stopping at the deadline loses no accepted job. fly.toml's
+/// `kill_timeout` leaves a margin above it.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
-    let checked = match check(&args) {
-        Ok(checked) => checked,
-        Err(problems) => {
-            eprintln!("error: invalid configuration:");
-            for problem in problems {
+    let config = match ServeConfig::from_args(&args, |name| std::env::var(name).ok()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}; fix these settings and start again:");
+            for problem in &err.problems {
                 eprintln!("  - {problem}");
             }
-            return Ok(2);
+            return Ok(EXIT_CONFIG);
         }
     };
 
-    std::fs::create_dir_all(&args.data_dir)?;
-    let store = JobStore::open(&args.data_dir.join("jobs.db"))?;
-    let fly = FlyClient::new(FlyClientConfig {
-        base_url: args.machines_api_url.clone(),
-        app: checked.app,
-        token: Some(checked.token),
-        limits: RateLimits::default(),
-    })?;
-    let template = MachineTemplate {
-        image: checked.image,
-        controller_url: checked.public_url,
-        default_region: args.region.clone(),
-        fallback_regions: Vec::new(),
-    };
-    let settings = ReconcilerSettings {
-        max_concurrent_machines: args.max_concurrent_machines,
-        ..ReconcilerSettings::default()
-    };
-    let parts = ControllerParts {
-        store,
-        fly,
-        objects: ObjectStore::new(&checked.store),
-        template,
-        settings,
-    };
+    let span = tracing::info_span!("serve", worker_app = %config.fly.app);
+    serve(config).instrument(span).await
+}
 
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+async fn serve(config: ServeConfig) -> anyhow::Result<i32> {
+    tracing::info!(
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        machines_api = %config.fly.base_url,
+        worker_image = %config.template.image,
+        controller_url = %config.template.controller_url,
+        store_endpoint = config.store.endpoint.as_deref().unwrap_or("AWS S3"),
+        store_region = %config.store.region,
+        bucket = %config.store.default_bucket,
+        "controller starting"
+    );
+
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "failed to create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let store = JobStore::open(&config.data_dir.join("jobs.db"))?;
+    let fly = FlyClient::new(config.fly).context("failed to create the Machines API client")?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.listen))?;
+
+    let parts = ControllerParts {
+        store: store.clone(),
+        fly,
+        objects: ObjectStore::new(&config.store),
+        template: config.template,
+        settings: config.reconciler,
+    };
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     spawn_controller(&tasks, parts, listener, shutdown.clone());
     tasks.close();
-    tracing::info!(listen = %args.listen, "controller serving");
+    tracing::info!(listen = %config.listen, "controller serving");
 
     super::shutdown_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!(grace = ?SHUTDOWN_GRACE, "stop signal received; finishing requests and reconcile passes in flight");
     shutdown.cancel();
-    tasks.wait().await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "work in flight did not finish in time; stopping anyway");
+    }
+
+    // Once the tasks are done this is the last handle, and closing it makes sled flush what it
+    // still buffers (job events).
+    drop(store);
+    tracing::info!("controller stopped");
     Ok(0)
 }
