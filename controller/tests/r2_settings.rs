@@ -71,9 +71,9 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-/// A presigned PUT carries path-style addressing, the `auto` region in its scope, and no
-/// checksum parameter a third-party store might reject; its object reads back through a
-/// presigned GET.
+/// A presigned PUT uses path-style addressing and the `auto` region, and carries no checksum
+/// parameter that a third-party store might reject. Its object reads back through a presigned
+/// GET.
 #[tokio::test]
 async fn presigned_put_then_get_round_trips() {
     let fixture = R2Fixture::start().await;
