@@ -139,27 +139,7 @@ impl SourceDecoder {
             )
             .map_err(classify_probe_error)?;
 
-        let track = format
-            .default_track(TrackType::Audio)
-            .ok_or(DecodeError::NoAudioTrack)?;
-        let params = track
-            .codec_params
-            .as_ref()
-            .and_then(|params| params.audio())
-            .ok_or(DecodeError::NoAudioTrack)?;
-        let track_id = track.id;
-        let codec_name = codec_name(params.codec);
-
-        let registry = symphonia::default::get_codecs();
-        if registry.get_audio_decoder(params.codec).is_none() {
-            return Err(DecodeError::UnsupportedCodec(codec_name));
-        }
-        let decoder = registry
-            .make_audio_decoder(params, &AudioDecoderOptions::default())
-            .map_err(|source| DecodeError::CreateDecoder {
-                codec: codec_name.clone(),
-                source,
-            })?;
+        let (track_id, codec_name, decoder) = track_decoder(format.as_ref())?;
 
         Ok(Self {
             format,
@@ -238,9 +218,12 @@ impl SourceDecoder {
                 Err(SymphoniaError::IoError(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
                     return Ok(None)
                 }
-                // A chained stream (a new Ogg logical stream) would need a new decoder.
-                // TODO-correctness: decode chained Ogg streams instead of stopping at the first.
-                Err(SymphoniaError::ResetRequired) => return Ok(None),
+                // A chained Ogg stream starts a new logical stream with its own headers.
+                Err(SymphoniaError::ResetRequired) => {
+                    (self.track_id, self.codec_name, self.decoder) =
+                        track_decoder(self.format.as_ref())?;
+                    continue;
+                }
                 Err(source) => {
                     return Err(DecodeError::ReadPacket {
                         packet: self.packets,
@@ -313,6 +296,34 @@ impl SourceDecoder {
             self.frame_limit = Some(self.frame_limit.map_or(keep, |limit| limit.min(keep)));
         }
     }
+}
+
+/// Finds the first decodable audio track of `format` and creates its decoder. Returns the
+/// track id, the codec's name and the decoder.
+fn track_decoder(
+    format: &dyn FormatReader,
+) -> Result<(u32, String, Box<dyn AudioDecoder>), DecodeError> {
+    let track = format
+        .default_track(TrackType::Audio)
+        .ok_or(DecodeError::NoAudioTrack)?;
+    let params = track
+        .codec_params
+        .as_ref()
+        .and_then(|params| params.audio())
+        .ok_or(DecodeError::NoAudioTrack)?;
+    let codec_name = codec_name(params.codec);
+
+    let registry = symphonia::default::get_codecs();
+    if registry.get_audio_decoder(params.codec).is_none() {
+        return Err(DecodeError::UnsupportedCodec(codec_name));
+    }
+    let decoder = registry
+        .make_audio_decoder(params, &AudioDecoderOptions::default())
+        .map_err(|source| DecodeError::CreateDecoder {
+            codec: codec_name.clone(),
+            source,
+        })?;
+    Ok((track.id, codec_name, decoder))
 }
 
 fn validate_spec(spec: &StreamSpec) -> Result<(), DecodeError> {

@@ -10,9 +10,10 @@ use audio::{decode_mp3, mp3_frame_samples};
 use protocol::TranscodeResult;
 
 /// Each file with its rate and channel count; every one contains 0.5 s of audio.
-const FILES: [(&str, u32, usize); 9] = [
+const FILES: [(&str, u32, usize); 10] = [
     ("flac_22050_mono.flac", 22050, 1),
     ("vorbis_22050_mono.ogg", 22050, 1),
+    ("vorbis_chained_22050_mono.ogg", 22050, 1),
     ("vorbis_44100_stereo.webm", 44100, 2),
     ("mp3_22050_mono.mp3", 22050, 1),
     ("aac_22050_mono.m4a", 22050, 1),
