@@ -22,8 +22,8 @@ impl JobReconciler {
         Ok(Action::AwaitChange)
     }
 
-    /// A job that is gone may still have machines, for example after a crash between the
-    /// removal and the destroy; the resync sweep also catches any this pass misses.
+    /// Destroys the machines of a job that is gone. They can outlive it after a crash between
+    /// the removal and the destroy, and the resync sweep also catches any this pass misses.
     pub(super) async fn clean_up_deleted(&self, name: &str) -> Result<Action, ReconcileError> {
         self.destroy_machines_of(name).await?;
         Ok(Action::AwaitChange)

@@ -361,7 +361,7 @@ impl JobReconciler {
         }
     }
 
-    /// One pass over one job.
+    /// Runs one pass over one job.
     pub async fn reconcile(&self, name: &str) -> Result<Action, ReconcileError> {
         let store_error = |err| ReconcileError::Store(name.to_owned(), err);
         let Some(job) = self.store.get(name).map_err(store_error)? else {
