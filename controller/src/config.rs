@@ -42,6 +42,14 @@ pub struct ServeArgs {
     /// Directory of the job database, a Fly volume in production [default: /data].
     #[arg(long, env = "TRANSCODER_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<String>,
+    /// Bearer token that the user endpoints require [default: none, the endpoints are open].
+    #[arg(
+        long,
+        env = "TRANSCODER_API_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub api_token: Option<String>,
 
     /// Fly API token allowed to manage machines of the worker app.
     #[arg(
@@ -155,6 +163,7 @@ impl fmt::Display for Setting {
 }
 
 const LISTEN: Setting = Setting::new("TRANSCODER_LISTEN", "--listen");
+const API_TOKEN: Setting = Setting::new("TRANSCODER_API_TOKEN", "--api-token");
 const FLY_API_TOKEN: Setting = Setting::new("FLY_API_TOKEN", "--fly-api-token");
 const MACHINES_API_URL: Setting = Setting::new("FLY_MACHINES_API_URL", "--machines-api-url");
 const WORKER_APP: Setting = Setting::new("FLY_WORKER_APP_NAME", "--worker-app");
@@ -241,6 +250,8 @@ impl LogFormat {
 pub struct ServeConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// Bearer token of the user endpoints; `None` leaves them open.
+    pub api_token: Option<String>,
     pub fly: FlyClientConfig,
     pub template: MachineTemplate,
     pub store: StoreSettings,
@@ -253,6 +264,7 @@ impl fmt::Debug for ServeConfig {
         f.debug_struct("ServeConfig")
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
+            .field("api_token", &self.api_token.as_ref().map(|_| "(set)"))
             .field("machines_api_url", &self.fly.base_url)
             .field("worker_app", &self.fly.app)
             .field("template", &self.template)
@@ -279,8 +291,12 @@ impl ServeConfig {
             LogFormat::parse(Some(value))
         });
 
-        let (Some((listen, data_dir)), Some(fly), Some(store), Some((reconciler, rate_limits))) =
-            (server, fly, store, limits)
+        let (
+            Some((listen, data_dir, api_token)),
+            Some(fly),
+            Some(store),
+            Some((reconciler, rate_limits)),
+        ) = (server, fly, store, limits)
         else {
             return Err(checker.into_error());
         };
@@ -291,6 +307,7 @@ impl ServeConfig {
         Ok(Self {
             listen,
             data_dir,
+            api_token,
             fly: FlyClientConfig {
                 base_url: fly.machines_api_url,
                 app: fly.worker_app,
@@ -373,14 +390,18 @@ fn or_default<'a>(value: Option<&'a str>, default: &'a str) -> Option<&'a str> {
     }
 }
 
-fn check_server(args: &ServeArgs, checker: &mut Checker) -> Option<(SocketAddr, PathBuf)> {
+fn check_server(
+    args: &ServeArgs,
+    checker: &mut Checker,
+) -> Option<(SocketAddr, PathBuf, Option<String>)> {
     let listen = checker.parse(
         LISTEN,
         or_default(args.listen.as_deref(), DEFAULT_LISTEN),
         parse_listen,
     );
     let data_dir = or_default(args.data_dir.as_deref(), DEFAULT_DATA_DIR).map(PathBuf::from);
-    Some((listen?, data_dir?))
+    let api_token = checker.optional(API_TOKEN, args.api_token.as_deref(), check_token);
+    Some((listen?, data_dir?, api_token?))
 }
 
 /// The Fly half of the settings, before it is split into client and template.
@@ -767,6 +788,7 @@ mod tests {
         assert_eq!(config.store.region, "auto");
         assert_eq!(config.reconciler.max_concurrent_machines, 20);
         assert_eq!(config.fly.limits.create_per_second, 1);
+        assert_eq!(config.api_token, None);
     }
 
     #[test]
@@ -778,6 +800,7 @@ mod tests {
             worker_fallback_regions: Some("fra, cdg".to_owned()),
             max_concurrent_machines: Some("5".to_owned()),
             fly_get_burst: Some("4".to_owned()),
+            api_token: Some("user-token".to_owned()),
             ..complete_args()
         };
 
@@ -789,6 +812,7 @@ mod tests {
         assert_eq!(config.template.fallback_regions, ["fra", "cdg"]);
         assert_eq!(config.reconciler.max_concurrent_machines, 5);
         assert_eq!(config.fly.limits.get_burst, 4);
+        assert_eq!(config.api_token.as_deref(), Some("user-token"));
     }
 
     #[test]
@@ -873,14 +897,16 @@ mod tests {
         let args = ServeArgs {
             fly_api_token: Some("tok\nen-value-7f3a".to_owned()),
             secret_access_key: Some("hidden key-value-9c1e".to_owned()),
+            api_token: Some("user\ttok\u{7f}en-5d2b".to_owned()),
             ..complete_args()
         };
 
         let err = problems_of(&args, fly_env);
         let text: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
 
-        assert_eq!(text.len(), 2, "{text:#?}");
+        assert_eq!(text.len(), 3, "{text:#?}");
         for line in &text {
+            assert!(!line.contains("5d2b"), "API token leaked: {line}");
             assert!(!line.contains("7f3a"), "token leaked: {line}");
             assert!(!line.contains("9c1e"), "secret key leaked: {line}");
         }

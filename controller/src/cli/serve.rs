@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 pub use controller::config::ServeArgs;
 use controller::config::ServeConfig;
-use controller::local::{spawn_controller, ControllerParts};
+use controller::local::{spawn_controller_with, ControllerOptions, ControllerParts};
 use controller::objectstore::ObjectStore;
 use controller::store::JobStore;
 use fly_machines::client::FlyClient;
@@ -52,6 +52,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<i32> {
         store_endpoint = config.store.endpoint.as_deref().unwrap_or("AWS S3"),
         store_region = %config.store.region,
         bucket = %config.store.default_bucket,
+        api_token = if config.api_token.is_some() { "set" } else { "none" },
         "controller starting"
     );
 
@@ -76,7 +77,11 @@ async fn serve(config: ServeConfig) -> anyhow::Result<i32> {
     };
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    spawn_controller(&tasks, parts, listener, shutdown.clone());
+    let options = ControllerOptions {
+        api_token: config.api_token,
+        ..ControllerOptions::default()
+    };
+    spawn_controller_with(&tasks, parts, options, listener, shutdown.clone());
     tasks.close();
     tracing::info!(listen = %config.listen, "controller serving");
 
