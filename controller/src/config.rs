@@ -7,6 +7,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use fly_machines::client::{FlyClientConfig, RateLimits};
 use reqwest::header::HeaderValue;
@@ -25,6 +26,10 @@ pub const DEFAULT_DATA_DIR: &str = "/data";
 pub const DEFAULT_MACHINES_API_URL: &str = "https://api.machines.dev/v1";
 /// Store region when `S3_REGION` is unset, as Cloudflare R2 expects.
 pub const DEFAULT_S3_REGION: &str = "auto";
+/// Time `serve` gives the API and the reconciler to finish after a stop signal. Every job write
+/// is flushed when it is made, so stopping at the deadline loses no accepted job. fly.toml's
+/// `kill_timeout` leaves a margin above it.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// Environment variables that Fly sets on every machine. They supply defaults and are never required.
 pub const ENV_FLY_IMAGE_REF: &str = "FLY_IMAGE_REF";

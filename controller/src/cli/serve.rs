@@ -5,11 +5,9 @@
 //! in flight, the reconciler lets its passes in flight finish, and the job database is closed,
 //! all within [`SHUTDOWN_GRACE`].
 
-use std::time::Duration;
-
 use anyhow::Context;
 pub use controller::config::ServeArgs;
-use controller::config::ServeConfig;
+use controller::config::{ServeConfig, SHUTDOWN_GRACE};
 use controller::local::{spawn_controller_with, ControllerOptions, ControllerParts};
 use controller::objectstore::ObjectStore;
 use controller::store::JobStore;
@@ -20,11 +18,6 @@ use tracing::Instrument;
 
 /// Exit code of a start with a missing or malformed setting.
 pub const EXIT_CONFIG: i32 = 2;
-
-/// Time the API and the reconciler get to finish after a stop signal. Every job write is
-/// flushed when it is made, so stopping at the deadline loses no accepted job. fly.toml's
-/// `kill_timeout` leaves a margin above it.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
     let config = match ServeConfig::from_args(&args, |name| std::env::var(name).ok()) {
