@@ -123,7 +123,8 @@ fn volume_service_and_checks_match_serve() {
     assert!(!string(mounts, "source").is_empty());
 
     // Flycast needs the app to listen on 0.0.0.0.
-    assert!(serve.listen.ip().is_unspecified() && serve.listen.is_ipv4());
+    assert!(serve.listen.is_ipv4(), "{}", serve.listen);
+    assert!(serve.listen.ip().is_unspecified(), "{}", serve.listen);
     let port = i64::from(serve.listen.port());
 
     let services = config["services"].as_array().expect("[[services]]");
