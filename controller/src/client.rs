@@ -94,7 +94,7 @@ impl ApiClient {
         body: String,
         dry_run: bool,
     ) -> Result<ApplyResponse, ClientError> {
-        let url = format!("{}/v1/jobs/{name}", self.base);
+        let url = self.job_url(name, "")?;
         let mut request = self
             .request(reqwest::Method::PUT, &url)
             .header("content-type", "application/yaml")
@@ -105,8 +105,19 @@ impl ApiClient {
         decode(&url, request.send().await).await
     }
 
+    /// Builds `BASE/v1/jobs/NAME[suffix]` after checking that `name` is a job name, so that
+    /// a name such as `a/../b` can never address another job.
+    fn job_url(&self, name: &str, suffix: &str) -> Result<String, ClientError> {
+        crate::spec::check_name(name).map_err(|message| ClientError::Api {
+            status: 400,
+            message,
+            details: Vec::new(),
+        })?;
+        Ok(format!("{}/v1/jobs/{name}{suffix}", self.base))
+    }
+
     pub async fn get(&self, name: &str) -> Result<TranscodeJob, ClientError> {
-        let url = format!("{}/v1/jobs/{name}", self.base);
+        let url = self.job_url(name, "")?;
         decode(&url, self.request(reqwest::Method::GET, &url).send().await).await
     }
 
@@ -134,7 +145,7 @@ impl ApiClient {
 
     /// Requests deletion of a job.
     pub async fn delete(&self, name: &str) -> Result<(), ClientError> {
-        let url = format!("{}/v1/jobs/{name}", self.base);
+        let url = self.job_url(name, "")?;
         let response = self.request(reqwest::Method::DELETE, &url).send().await;
         let _: serde_json::Value = decode(&url, response).await?;
         Ok(())
@@ -185,7 +196,7 @@ impl ApiClient {
 
     /// Uploads a local file as the source of an `upload: true` job.
     pub async fn upload_source(&self, name: &str, path: &Path) -> Result<u64, ClientError> {
-        let url = format!("{}/v1/jobs/{name}/upload-url", self.base);
+        let url = self.job_url(name, "/upload-url")?;
         let response = self.request(reqwest::Method::POST, &url).send().await;
         let target: UploadUrl = decode(&url, response).await?;
 

@@ -109,6 +109,13 @@ fn collect_files(
             continue;
         }
         let path = entry.path();
+        let is_link = entry.file_type().map_err(read_error)?.is_symlink();
+        // Symbolic links to directories are not followed, so a link loop cannot recurse, and a
+        // dangling link is skipped rather than failing the whole directory.
+        if is_link && (path.is_dir() || !path.exists()) {
+            tracing::warn!(path = %path.display(), "skipping a symbolic link to a directory or to nothing");
+            continue;
+        }
         if path.is_dir() {
             if recursive {
                 collect_files(&path, recursive, files)?;

@@ -106,7 +106,7 @@ impl LocalSystem {
             })?;
         let store = JobStore::open(&data_dir.join("jobs.db"))?;
         let objects = EmbeddedObjectStore::start(
-            bind(loopback()).await?,
+            bind_object_store(&data_dir).await?,
             &data_dir.join("objects"),
             LOCAL_BUCKET,
         )
@@ -117,7 +117,7 @@ impl LocalSystem {
             base_url: machines_url,
             app: LOCAL_APP.to_owned(),
             token: None,
-            limits: RateLimits::default(),
+            limits: machines_limits(&options),
         })
         .map_err(StartError::FlyClient)?;
         let object_client = ObjectStore::new(objects.settings());
@@ -175,6 +175,49 @@ impl LocalSystem {
         self.objects.shutdown().await;
         tracing::info!("local system stopped");
     }
+}
+
+/// Rate limits for the Machines API: Fly's own for a remote server, and generous ones for the
+/// local server, which has no limits to respect and would otherwise make jobs wait for no
+/// reason.
+fn machines_limits(options: &LocalOptions) -> RateLimits {
+    if options.machines_api_url.is_some() {
+        return RateLimits::default();
+    }
+    RateLimits {
+        create_per_second: 50,
+        create_burst: 50,
+        get_per_second: 200,
+        get_burst: 200,
+        other_per_second: 50,
+        other_burst: 50,
+    }
+}
+
+/// Binds the embedded store to the port it had before, kept in the data directory, so that
+/// presigned URLs handed out before a restart keep working after it. A new port is taken
+/// when the old one is in use or unknown.
+async fn bind_object_store(data_dir: &Path) -> Result<TcpListener, StartError> {
+    let port_file = data_dir.join("object-store-port");
+    let previous = std::fs::read_to_string(&port_file)
+        .ok()
+        .and_then(|text| text.trim().parse::<u16>().ok());
+    if let Some(port) = previous {
+        match TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await {
+            Ok(listener) => return Ok(listener),
+            Err(err) => {
+                tracing::warn!(port, error = %err, "previous object store port is taken; presigned URLs from before the restart will not work")
+            }
+        }
+    }
+
+    let listener = bind(loopback()).await?;
+    if let Ok(address) = listener.local_addr() {
+        if let Err(err) = std::fs::write(&port_file, address.port().to_string()) {
+            tracing::warn!(path = %port_file.display(), error = %err, "failed to record the object store port");
+        }
+    }
+    Ok(listener)
 }
 
 fn loopback() -> SocketAddr {

@@ -7,6 +7,7 @@ use controller::config::{LogFormat, ENV_LOG_FORMAT};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
+    exit_quietly_on_closed_stdout();
     let cli = cli::Cli::parse();
     init_tracing();
 
@@ -25,6 +26,25 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(1)
         }
     }
+}
+
+/// Ends the process with 141 (128 + SIGPIPE), as a shell tool would, when stdout is closed
+/// early, for example by `transcoder get -o json | head`. Rust ignores SIGPIPE, so `println!`
+/// panics on the broken pipe instead; every other panic keeps the default report.
+fn exit_quietly_on_closed_stdout() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info);
+    }));
 }
 
 /// Logs go to stderr; `RUST_LOG` sets the filter and `TRANSCODER_LOG_FORMAT=json` switches to

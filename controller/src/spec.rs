@@ -179,6 +179,8 @@ pub fn parse(text: &str) -> Result<TranscodeJob, SpecError> {
 }
 
 fn deserialize(text: &str) -> Result<TranscodeJob, SpecError> {
+    // Editors on Windows often save a byte order mark, which YAML parsers take as content.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
         return Err(SpecError::single(
             ".",
@@ -197,8 +199,14 @@ fn deserialize(text: &str) -> Result<TranscodeJob, SpecError> {
 
     let deserializer = serde_yaml::Deserializer::from_str(text);
     serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = field_path(err.path());
+        // serde_yaml already puts the path in front of its message.
         let message = err.inner().to_string();
-        SpecError::single(field_path(err.path()), message)
+        let message = message
+            .strip_prefix(&format!("{path}: "))
+            .unwrap_or(&message)
+            .to_owned();
+        SpecError::single(path, message)
     })
 }
 
@@ -436,10 +444,56 @@ fn check_source_url(url: &str) -> Result<(), String> {
             parsed.scheme()
         ));
     }
-    if parsed.host_str().is_none() {
-        return Err(format!("invalid URL {url:?}: missing host"));
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(format!(
+            "invalid URL {url:?}: credentials in the URL are not allowed"
+        ));
     }
-    Ok(())
+    match parsed.host() {
+        None => Err(format!("invalid URL {url:?}: missing host")),
+        Some(url::Host::Domain(domain)) if is_internal_name(domain) => Err(format!(
+            "invalid URL {url:?}: {domain} is an internal host; sources must be public https URLs or s3:// objects"
+        )),
+        Some(url::Host::Ipv4(ip)) if !is_public_ipv4(ip) => Err(format!(
+            "invalid URL {url:?}: {ip} is not a public address; sources must be public https URLs or s3:// objects"
+        )),
+        Some(url::Host::Ipv6(ip)) if !is_public_ipv6(ip) => Err(format!(
+            "invalid URL {url:?}: {ip} is not a public address; sources must be public https URLs or s3:// objects"
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Host names that only resolve inside a machine or a private network.
+// NOTE: a public name can still resolve to a private address; the check covers what the
+// spec itself says, not DNS.
+fn is_internal_name(domain: &str) -> bool {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    domain == "localhost"
+        || [".localhost", ".internal", ".local", ".flycast"]
+            .iter()
+            .any(|suffix| domain.ends_with(suffix))
+}
+
+fn is_public_ipv4(ip: std::net::Ipv4Addr) -> bool {
+    let shared = ip.octets()[0] == 100 && (64..128).contains(&ip.octets()[1]);
+    !(ip.is_private()
+        || ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || shared)
+}
+
+fn is_public_ipv6(ip: std::net::Ipv6Addr) -> bool {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return is_public_ipv4(v4);
+    }
+    let first = ip.segments()[0];
+    let unique_local = (first & 0xfe00) == 0xfc00;
+    let link_local = (first & 0xffc0) == 0xfe80;
+    !(ip.is_loopback() || ip.is_unspecified() || unique_local || link_local)
 }
 
 #[cfg(test)]
@@ -571,6 +625,14 @@ spec:
     #[test]
     fn source_url_scheme_is_checked() {
         for url in [
+            "https://169.254.169.254/latest/meta-data",
+            "https://127.0.0.1:1/a.wav",
+            "https://localhost/a.wav",
+            "https://[::1]/a.wav",
+            "https://[fd00::1]/a.wav",
+            "https://user:pass@example.com/a.wav",
+            "https://api.internal/a.wav",
+            "https://10.0.0.1/a.wav",
             "http://example.com/a.wav",
             "file:///etc/passwd",
             "s3://media/../other/a.wav",
@@ -598,5 +660,34 @@ spec:
         let err = parse("  \n").expect_err("empty");
 
         assert_eq!(fields(&err), ["."]);
+    }
+
+    #[test]
+    fn byte_order_mark_is_ignored() {
+        let job = parse(&format!("\u{feff}{VALID}")).expect("valid spec after a BOM");
+
+        assert_eq!(job.metadata.name, "weekly-42");
+    }
+
+    #[test]
+    fn public_https_source_is_accepted() {
+        let text = VALID.replace("s3://media/in/42.wav", "https://cdn.example.com/in/42.wav");
+
+        let job = parse(&text).expect("public https source");
+
+        assert_eq!(
+            job.spec.source.url.as_deref(),
+            Some("https://cdn.example.com/in/42.wav")
+        );
+    }
+
+    #[test]
+    fn type_error_names_the_field_once() {
+        let text = VALID.replace("bitrateKbps: 192", "bitrateKbps: fast");
+
+        let err = parse(&text).expect_err("type error");
+
+        assert_eq!(fields(&err), ["spec.output.bitrateKbps"]);
+        assert!(!err.errors[0].message.starts_with("spec.output"), "{err}");
     }
 }

@@ -53,6 +53,10 @@ pub struct StoredJob {
     /// The current attempt; `None` before the first one and after a spec change.
     #[serde(default)]
     pub attempt: Option<AttemptRecord>,
+    /// Failed attempts that do not count against `backoffLimit` because the platform, not the
+    /// job, lost them.
+    #[serde(default)]
+    pub uncharged_failures: u32,
     /// When the next attempt may start, after a failed one.
     #[serde(default)]
     pub retry_at: Option<DateTime<Utc>>,
@@ -461,6 +465,7 @@ fn merge_applied(
         let stored = StoredJob {
             job: applied,
             attempt: None,
+            uncharged_failures: 0,
             retry_at: None,
         };
         return (stored, ApplyOutcome::Created);

@@ -70,7 +70,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
     };
     let system = LocalSystem::start_with(options, controller).await?;
     println!(
-        "transcoder is up: API {} , data in {}",
+        "transcoder is up: API at {}, data in {}",
         system.api_url(),
         args.data_dir.display()
     );

@@ -463,9 +463,11 @@ impl JobReconciler {
                 permanent,
             } => {
                 let limit = job.job.spec.backoff_limit();
+                let uncharged = is_uncharged(&reason, job.uncharged_failures);
+                let charged = attempt.number.saturating_sub(job.uncharged_failures);
                 if permanent {
                     self.fail_job(job.name(), &reason, &message).await?;
-                } else if attempt.number > limit {
+                } else if !uncharged && charged > limit {
                     let message = format!(
                         "{message}; gave up after {} attempts (backoffLimit {limit})",
                         attempt.number
@@ -473,7 +475,7 @@ impl JobReconciler {
                     self.fail_job(job.name(), "BackoffLimitExceeded", &message)
                         .await?;
                 } else {
-                    self.schedule_retry(&job, &attempt, &reason, &message)
+                    self.schedule_retry(&job, &attempt, &reason, &message, uncharged)
                         .await?;
                 }
             }
@@ -487,6 +489,7 @@ impl JobReconciler {
         attempt: &AttemptRecord,
         reason: &str,
         message: &str,
+        uncharged: bool,
     ) -> Result<(), ReconcileError> {
         self.destroy_attempt_machine(job).await?;
         let delay = backoff(
@@ -512,6 +515,9 @@ impl JobReconciler {
         self.update(job.name(), |stored| {
             stored.attempt = None;
             stored.retry_at = Some(retry_at);
+            if uncharged {
+                stored.uncharged_failures += 1;
+            }
             let status = &mut stored.job.status;
             status.phase = Phase::Pending;
             status.machine_id = None;
@@ -544,4 +550,14 @@ impl JobReconciler {
         .await?;
         Ok(())
     }
+}
+
+/// Most attempts lost to the platform that do not count against `backoffLimit`; past this,
+/// lost machines count like any other failure so a job cannot retry forever.
+const MAX_UNCHARGED_FAILURES: u32 = 10;
+
+/// True when a failed attempt is not the job's fault: its machine vanished without an exit,
+/// as when the controller or the local Machines API restarted, or a host was lost.
+fn is_uncharged(reason: &str, uncharged_so_far: u32) -> bool {
+    reason == "MachineLost" && uncharged_so_far < MAX_UNCHARGED_FAILURES
 }

@@ -83,6 +83,7 @@ impl JobReconciler {
         self.update(job.name(), |stored| {
             stored.attempt = None;
             stored.retry_at = None;
+            stored.uncharged_failures = 0;
             let status = &mut stored.job.status;
             status.phase = Phase::Pending;
             status.observed_generation = generation;
