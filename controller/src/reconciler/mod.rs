@@ -460,15 +460,22 @@ impl JobReconciler {
         }
     }
 
+    /// Writes a change to a job and frees its machine slot as soon as the change shows that
+    /// the job no longer holds a machine, so a queued job can take the slot at once.
     async fn update(
         &self,
         name: &str,
         change: impl FnMut(&mut StoredJob),
     ) -> Result<StoredJob, ReconcileError> {
-        self.store
+        let stored = self
+            .store
             .update(name, change)
             .await
-            .map_err(|err| ReconcileError::Store(name.to_owned(), err))
+            .map_err(|err| ReconcileError::Store(name.to_owned(), err))?;
+        if !holds_machine(&stored) {
+            self.slots.release(name);
+        }
+        Ok(stored)
     }
 
     /// Records what the controller did to a job; a failure to record is logged, not returned.
