@@ -7,13 +7,17 @@
 # Needs sox, lame, ffmpeg, python3 and GNU time. Inputs are generated once in $BENCH_DIR
 # (default /tmp/transcoder-bench, about 750 MB), outside the repository.
 #
-# Usage: worker/benches/compare.sh [--skip-hour]
+# Each command runs $RUNS times (default 3); the script reports the lowest wall and CPU time
+# and the highest peak memory, which damps the noise of other load on the machine.
+#
+# Usage: RUNS=3 worker/benches/compare.sh [--skip-hour]
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 bench_dir=${BENCH_DIR:-/tmp/transcoder-bench}
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 worker=$target_dir/release/transcoder-worker
+runs=${RUNS:-3}
 skip_hour=false
 [[ ${1:-} == --skip-hour ]] && skip_hour=true
 
@@ -28,12 +32,23 @@ make_input() {
     fi
 }
 
-# Runs a command under GNU time and prints "wall-seconds peak-kilobytes cpu-seconds".
+# Runs a command $runs times under GNU time and prints "wall-seconds peak-kilobytes
+# cpu-seconds": the lowest wall and CPU time and the highest peak memory of the runs.
 measure() {
-    local stats=$bench_dir/time.txt
-    /usr/bin/time -f "%e %M %U %S" -o "$stats" "$@" > /dev/null
-    read -r wall kb user sys < "$stats"
-    echo "$wall $kb $(python3 -c "print(f'{$user + $sys:.2f}')")"
+    local stats=$bench_dir/time.txt all=$bench_dir/runs.txt
+    : > "$all"
+    for _ in $(seq "$runs"); do
+        /usr/bin/time -f "%e %M %U %S" -o "$stats" "$@" > /dev/null
+        cat "$stats" >> "$all"
+    done
+    python3 -c '
+import sys
+rows = [list(map(float, line.split())) for line in open(sys.argv[1]) if line.strip()]
+wall = min(row[0] for row in rows)
+peak = max(int(row[1]) for row in rows)
+cpu = min(row[2] + row[3] for row in rows)
+print(f"{wall:.2f} {peak} {cpu:.2f}")
+' "$all"
 }
 
 # Prints the decoded length of an MP3 in seconds, as ffmpeg reads it (LAME tag honoured).
@@ -135,7 +150,7 @@ job_mode() {
     eval "${name}_job_kb=$job_kb"
 }
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); best of $runs runs"
 echo "worker $("$worker" --version), $(lame --version | head -1), $(ffmpeg -version | head -1 | cut -d' ' -f1-3)"
 
 make_input ten 600
