@@ -7,7 +7,7 @@
 # Needs sox, lame, ffmpeg, python3 and GNU time. Inputs are generated once in $BENCH_DIR
 # (default /tmp/transcoder-bench, about 750 MB), outside the repository.
 #
-# Each command runs $RUNS times (default 3); the script reports the lowest wall and CPU time
+# Each command runs $RUNS times (default 3). The script reports the lowest wall and CPU time
 # and the highest peak memory, which damps the noise of other load on the machine.
 #
 # Usage: RUNS=3 worker/benches/compare.sh [--skip-hour]
