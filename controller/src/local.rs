@@ -161,7 +161,7 @@ impl LocalSystem {
         &self.store
     }
 
-    /// The file that holds `s3://BUCKET/KEY` in the embedded store.
+    /// The file that contains `s3://BUCKET/KEY` in the embedded store.
     pub fn object_path(&self, bucket: &str, key: &str) -> PathBuf {
         self.data_dir.join("objects").join(bucket).join(key)
     }
@@ -258,7 +258,7 @@ async fn start_machines(
     Ok((Some(machines), url))
 }
 
-/// What the reconciler and the API run on.
+/// The store, clients and settings that the reconciler and the API run on.
 pub struct ControllerParts {
     pub store: JobStore,
     pub fly: FlyClient,

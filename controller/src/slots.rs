@@ -40,7 +40,7 @@ impl MachineSlots {
         self.lock().remove(job);
     }
 
-    /// Replaces the holders with the jobs the store says have a live attempt.
+    /// Replaces the holders with the jobs whose stored attempt is live.
     // NOTE: a pass that took a slot but has not yet stored its attempt loses the slot here, so
     // up to `max_parallel_reconciles` extra machines may start in that moment.
     pub fn reset(&self, jobs: impl IntoIterator<Item = String>) {
@@ -63,7 +63,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn acquire_stops_at_capacity_and_release_frees_a_slot() {
+    fn acquire_stops_at_capacity() {
         let slots = MachineSlots::new(2);
 
         assert!(slots.try_acquire("a"));
