@@ -69,6 +69,8 @@ pub struct ApplyReport {
     pub applied: Vec<String>,
     /// Names of applied jobs that take an upload.
     pub upload_jobs: Vec<String>,
+    /// Names of applied upload jobs whose source is not stored yet.
+    pub sourceless_jobs: Vec<String>,
     /// Names of the jobs pruned.
     pub pruned: Vec<String>,
     pub failures: usize,
@@ -266,6 +268,13 @@ async fn apply_document(
             println!("transcodejob/{name} {verb}{suffix}");
             if job.spec.source.upload {
                 report.upload_jobs.push(name.clone());
+                let status = &response.job.status;
+                let source_ready = status
+                    .condition("SourceReady")
+                    .is_some_and(|c| c.status == "True");
+                if !source_ready && !status.phase.is_finished() {
+                    report.sourceless_jobs.push(name.clone());
+                }
             }
             report.applied.push(name);
         }
@@ -345,13 +354,17 @@ fn match_uploads(uploads: &[UploadArg], upload_jobs: &[String]) -> Vec<(Option<S
         .collect()
 }
 
-/// Jobs that were applied with an upload source but got no file: they wait for one.
-pub fn report_waiting_uploads(uploads: &[UploadArg], upload_jobs: &[String]) {
-    let given: BTreeSet<String> = match_uploads(uploads, upload_jobs)
+/// Tells about applied upload jobs whose source is neither stored nor given: they wait for one.
+pub fn report_waiting_uploads(uploads: &[UploadArg], report: &ApplyReport) {
+    let given: BTreeSet<String> = match_uploads(uploads, &report.upload_jobs)
         .into_iter()
         .filter_map(|(job, _)| job)
         .collect();
-    for job in upload_jobs.iter().filter(|job| !given.contains(*job)) {
+    for job in report
+        .sourceless_jobs
+        .iter()
+        .filter(|job| !given.contains(*job))
+    {
         println!("transcodejob/{job} waits for its source; upload it with `transcoder apply -f SPEC --upload {job}=FILE`");
     }
 }

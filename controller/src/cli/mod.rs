@@ -198,7 +198,7 @@ async fn run_apply(args: ApplyArgs) -> anyhow::Result<i32> {
         return Ok(i32::from(report.failures > 0));
     }
     let upload_failures = apply::upload_sources(&client, &args.upload, &report.upload_jobs).await;
-    apply::report_waiting_uploads(&args.upload, &report.upload_jobs);
+    apply::report_waiting_uploads(&args.upload, &report);
     Ok(if report.failures + upload_failures > 0 {
         1
     } else {

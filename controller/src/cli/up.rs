@@ -80,7 +80,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         let client = ApiClient::new(&system.api_url()).with_token(api_token);
         let report = apply_paths(&client, &args.apply, &ApplyOptions::default()).await;
         let upload_failures = upload_sources(&client, &args.upload, &report.upload_jobs).await;
-        report_waiting_uploads(&args.upload, &report.upload_jobs);
+        report_waiting_uploads(&args.upload, &report);
         if report.failures + upload_failures > 0 {
             exit_code = 1;
         }
