@@ -81,7 +81,16 @@ pub async fn run(env: JobEnv) -> i32 {
     let controller = ControllerClient::new(http.clone(), &env.api_url, &env.job, &env.token);
 
     let span = tracing::info_span!("attempt", job = %env.job, attempt = env.attempt);
-    let outcome = attempt(&http, &controller, &env).instrument(span).await;
+    // Fly stops a machine with SIGINT by default, and SIGTERM is the usual alternative: either
+    // ends the attempt as a retryable failure that is still reported.
+    let outcome = tokio::select! {
+        outcome = attempt(&http, &controller, &env).instrument(span) => outcome,
+        signal = stop_signal() => Err(Failure {
+            reason: "Stopped",
+            message: format!("the worker was stopped by {signal} before it finished"),
+            permanent: false,
+        }),
+    };
     let (callback, code) = match &outcome {
         Ok(result) => (Callback::Succeeded(result.clone()), EXIT_SUCCEEDED),
         Err(failure) => {
@@ -93,6 +102,25 @@ pub async fn run(env: JobEnv) -> i32 {
         tracing::error!(job = %env.job, attempt = env.attempt, error = %err, "final callback failed; exiting with the outcome's code");
     }
     code
+}
+
+/// Completes with the signal's name on SIGINT or SIGTERM; never completes when the handlers
+/// cannot be installed.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!(
+            "failed to install stop signal handlers; a stop will end the worker without a report"
+        );
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
 }
 
 async fn attempt(

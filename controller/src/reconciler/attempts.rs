@@ -557,7 +557,8 @@ impl JobReconciler {
 const MAX_UNCHARGED_FAILURES: u32 = 10;
 
 /// True when a failed attempt is not the job's fault: its machine vanished without an exit,
-/// as when the controller or the local Machines API restarted, or a host was lost.
+/// as when the controller or the local Machines API restarted or a host was lost, or the
+/// platform stopped the worker with a signal.
 fn is_uncharged(reason: &str, uncharged_so_far: u32) -> bool {
-    reason == "MachineLost" && uncharged_so_far < MAX_UNCHARGED_FAILURES
+    matches!(reason, "MachineLost" | "Stopped") && uncharged_so_far < MAX_UNCHARGED_FAILURES
 }
