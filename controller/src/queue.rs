@@ -10,7 +10,7 @@ use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::time::{delay_queue, DelayQueue};
 
-/// Longest delay the queue accepts. `DelayQueue` panics on deadlines past its wheel's range
+/// Maximum delay the queue accepts. `DelayQueue` panics on deadlines past its wheel's range
 /// (about two years), so far-future requeues are clamped; a pass then simply runs early.
 pub const MAX_DELAY: Duration = Duration::from_secs(24 * 60 * 60);
 

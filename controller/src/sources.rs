@@ -18,7 +18,7 @@ impl SourceLocator {
         }
     }
 
-    /// The object that holds the job's source, or `None` for an https source.
+    /// Returns the object that contains the job's source, or `None` for an https source.
     pub fn stored_source(&self, job: &StoredJob) -> Option<ObjectUrl> {
         if job.job.spec.source.upload {
             return Some(self.upload_object(job));

@@ -465,8 +465,8 @@ fn check_source_url(url: &str) -> Result<(), String> {
 }
 
 /// Host names that only resolve inside a machine or a private network.
-// NOTE: a public name can still resolve to a private address; the check covers what the
-// spec itself says, not DNS.
+// NOTE: a public name can still resolve to a private address; the check covers the host as
+// the spec writes it, not what DNS returns.
 fn is_internal_name(domain: &str) -> bool {
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
     domain == "localhost"

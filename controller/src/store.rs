@@ -183,7 +183,7 @@ impl JobStore {
         bytes.map(|bytes| decode(name, &bytes)).transpose()
     }
 
-    /// Every job, in name order. A corrupt record is logged and skipped.
+    /// Lists every job in name order. A corrupt record is logged and skipped.
     pub fn list(&self) -> Result<Vec<StoredJob>, StoreError> {
         let mut jobs = Vec::new();
         for entry in self.jobs.iter() {
@@ -269,7 +269,7 @@ impl JobStore {
         .ok_or_else(|| StoreError::NotFound(name.to_owned()))
     }
 
-    /// Like [`JobStore::update`], and tells subscribers that the job changed.
+    /// Works like [`JobStore::update`], then notifies subscribers that the job changed.
     pub async fn update_and_notify(
         &self,
         name: &str,
@@ -323,7 +323,7 @@ impl JobStore {
         Ok(())
     }
 
-    /// The job's events, oldest first.
+    /// Returns the job's events, oldest first.
     pub fn events(&self, name: &str) -> Result<Vec<JobEvent>, StoreError> {
         let mut events = Vec::new();
         for entry in self.events.scan_prefix(event_prefix(name)).values() {

@@ -192,7 +192,7 @@ async fn lost_create_responses_never_double_a_machine() {
 }
 
 /// Machines that crash or run out of memory fail their attempt; the job is retried with
-/// backoff and succeeds, and the events say why each attempt failed.
+/// backoff and succeeds, and the events record why each attempt failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crashed_and_oom_machines_are_retried() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -466,7 +466,7 @@ async fn machine_limit_queues_jobs_instead_of_creating_machines() {
     for name in &jobs {
         submit(&api, name, 3, sine_wav(22050, 1, 1)).await;
     }
-    let mut most_live = 0;
+    let mut max_live = 0;
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
         let machines_now = support::all_machines(&machines.base_url()).await;
@@ -477,7 +477,7 @@ async fn machine_limit_queues_jobs_instead_of_creating_machines() {
                 matches!(m.state, Created | Starting | Started)
             })
             .count();
-        most_live = most_live.max(live);
+        max_live = max_live.max(live);
         let list: serde_json::Value = reqwest::get(format!("{api}/v1/jobs"))
             .await
             .expect("list")
@@ -498,8 +498,8 @@ async fn machine_limit_queues_jobs_instead_of_creating_machines() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    assert!(most_live <= 2, "{most_live} machines were live at once");
-    assert!(most_live >= 1);
+    assert!(max_live <= 2, "{max_live} machines were live at once");
+    assert!(max_live >= 1);
     assert_one_machine_per_attempt(&machines.base_url()).await;
 
     system.shutdown().await;

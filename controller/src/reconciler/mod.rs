@@ -461,7 +461,7 @@ impl JobReconciler {
     }
 
     /// Writes a change to a job and frees its machine slot as soon as the change shows that
-    /// the job no longer holds a machine, so a queued job can take the slot at once.
+    /// the job has no machine any more, so a queued job can take the slot at once.
     async fn update(
         &self,
         name: &str,

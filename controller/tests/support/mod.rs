@@ -121,7 +121,7 @@ pub async fn start_machines(log_dir: &Path) -> LocalMachines {
         .expect("local machines start")
 }
 
-/// Every machine the server knows, destroyed ones included.
+/// Lists every machine on the server, destroyed ones included.
 pub async fn all_machines(machines_url: &str) -> Vec<Machine> {
     let url = format!(
         "{machines_url}/apps/{}/machines?include_deleted=true",
@@ -287,7 +287,7 @@ pub fn sine_wav(sample_rate: u32, channels: u16, seconds: u32) -> Vec<u8> {
     file
 }
 
-/// A loopback port that was free a moment ago.
+/// Returns a loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local address").port()
@@ -320,7 +320,7 @@ pub fn spawn_up(
         .expect("transcoder up starts")
 }
 
-/// Polls `/healthz` until the API answers.
+/// Polls `/healthz` until the API responds.
 pub async fn wait_healthy(api: &str) {
     let http = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
